@@ -1,1 +1,240 @@
-fn main() {}
+//! `imagetag`: the command-line interface to a running imagetag deployment.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use imagetag_shared::aws::{SqsQueue, load_sdk_config};
+use imagetag_shared::config::AwsArgs;
+use imagetag_shared::ports::Queue;
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+#[command(name = "imagetag", version, about = "Automatic image tagging and search")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Search images by tag: `imagetag search dog beach -indoor`.
+    Search(SearchArgs),
+    /// List tags with their image counts, most used first.
+    Tags(TagsArgs),
+    /// Move dead-lettered messages back to their queue after a fix.
+    Redrive(RedriveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// Base URL of the query service.
+    #[arg(long, env = "IMAGETAG_API", default_value = "http://127.0.0.1:8080")]
+    api: String,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SearchArgs {
+    /// Tags to match; prefix with `-` to exclude (after `--` if it is the first).
+    #[arg(required = true, allow_hyphen_values = true)]
+    query: Vec<String>,
+
+    /// Match images with any of the tags instead of all.
+    #[arg(long)]
+    any: bool,
+
+    /// Only postings at or above this confidence (0–100).
+    #[arg(long)]
+    min_confidence: Option<f32>,
+
+    /// Only images with a label in this category.
+    #[arg(long)]
+    category: Option<String>,
+
+    /// Results per page.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct TagsArgs {
+    /// Only tags starting with this.
+    #[arg(long)]
+    prefix: Option<String>,
+
+    /// `tag` or `category`.
+    #[arg(long, default_value = "tag")]
+    kind: String,
+
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RedriveArgs {
+    /// The dead-letter queue to drain.
+    #[arg(long)]
+    from: String,
+
+    /// The queue to send the messages back to.
+    #[arg(long)]
+    to: String,
+
+    /// Stop after this many messages.
+    #[arg(long, default_value_t = 10_000)]
+    max: usize,
+
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Search(args) => search(args).await,
+        Command::Tags(args) => tags(args).await,
+        Command::Redrive(args) => redrive(args).await,
+    }
+}
+
+async fn get(api: &str, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", api.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .get(&url)
+        .query(query)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.context("response is not JSON")?;
+    if !status.is_success() {
+        let message = body["error"]["message"].as_str().unwrap_or("request failed");
+        let code = body["error"]["code"].as_str().unwrap_or("error");
+        bail!("{status}: {code}: {message}");
+    }
+    Ok(body)
+}
+
+async fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let (exclude, include): (Vec<String>, Vec<String>) =
+        args.query.into_iter().partition(|t| t.starts_with('-'));
+    let exclude: Vec<String> = exclude
+        .into_iter()
+        .map(|t| t.trim_start_matches('-').to_owned())
+        .collect();
+    let mut query = vec![("limit", args.limit.to_string())];
+    if !include.is_empty() {
+        query.push(("tags", include.join(",")));
+    }
+    if !exclude.is_empty() {
+        query.push(("exclude", exclude.join(",")));
+    }
+    if args.any {
+        query.push(("match", "any".into()));
+    }
+    if let Some(min) = args.min_confidence {
+        query.push(("min_confidence", min.to_string()));
+    }
+    if let Some(category) = args.category {
+        query.push(("category", category));
+    }
+    let body = get(&args.api.api, "/v1/images", &query).await?;
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    println!("{:<32}  {:<40}  TOP TAGS", "ID", "KEY");
+    for item in &items {
+        let top: Vec<String> = item["labels"]
+            .as_array()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .take(4)
+                    .map(|l| {
+                        format!(
+                            "{} {:.0}",
+                            l["name"].as_str().unwrap_or("?"),
+                            l["confidence"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<32}  {:<40}  {}",
+            item["id"].as_str().unwrap_or(""),
+            item["key"].as_str().unwrap_or(""),
+            top.join(", ")
+        );
+    }
+    println!("{} result(s){}", items.len(), match body["next_cursor"].as_str() {
+        Some(_) => " (more available: use --json for the cursor)",
+        None => "",
+    });
+    Ok(())
+}
+
+async fn tags(args: TagsArgs) -> anyhow::Result<()> {
+    let mut query = vec![("limit", args.limit.to_string()), ("kind", args.kind)];
+    if let Some(prefix) = args.prefix {
+        query.push(("prefix", prefix));
+    }
+    let body = get(&args.api.api, "/v1/tags", &query).await?;
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("{:<40}  {:>8}", "TAG", "IMAGES");
+    for item in body["items"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "{:<40}  {:>8}",
+            item["name"].as_str().unwrap_or(""),
+            item["image_count"].as_u64().unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// Receive from the dead-letter queue, send to the source, then delete:
+/// a crash in between duplicates a message (the services are idempotent)
+/// but never loses one. StartMessageMoveTask would do the same on AWS, but
+/// not every SQS-compatible server has it.
+async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
+    let sdk = load_sdk_config(&args.aws).await;
+    let client = aws_sdk_sqs::Client::new(&sdk);
+    let from = SqsQueue::new(client.clone(), &args.from);
+    let to = SqsQueue::new(client, &args.to);
+    let mut moved = 0;
+    while moved < args.max {
+        let want = (args.max - moved).min(10) as u32;
+        let messages = from
+            .receive(want, Duration::from_secs(1), Duration::from_secs(60))
+            .await?;
+        if messages.is_empty() {
+            break;
+        }
+        let mut receipts = Vec::with_capacity(messages.len());
+        for message in &messages {
+            to.send(&message.body, &message.attributes).await?;
+            receipts.push(message.receipt.clone());
+        }
+        from.delete(&receipts).await?;
+        moved += messages.len();
+    }
+    println!("moved {moved} message(s) from {} to {}", args.from, args.to);
+    Ok(())
+}
