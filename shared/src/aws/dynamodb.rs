@@ -179,18 +179,35 @@ impl ImageStore for DynamoStore {
 
     async fn record_generation(&self, update: &GenerationUpdate) -> PortResult<Recorded> {
         let now = timestamp::format(&update.at);
+        // Every attribute goes through a `#name` placeholder: several of
+        // ours (bucket, key, status, size …) are DynamoDB reserved words.
         let mut sets = vec![
-            "bucket = :bucket",
-            "#key = :key",
-            "#status = :status",
-            "#sequence = :sequence",
-            "updated_at = :now",
-            "created_at = if_not_exists(created_at, :now)",
-            "labels = if_not_exists(labels, :empty)",
-            "indexed_terms = if_not_exists(indexed_terms, :empty)",
-            "revision = if_not_exists(revision, :zero)",
-            "size = :size",
+            "#bucket = :bucket".to_owned(),
+            "#key = :key".to_owned(),
+            "#status = :status".to_owned(),
+            "#sequence = :sequence".to_owned(),
+            "#updated_at = :now".to_owned(),
+            "#created_at = if_not_exists(#created_at, :now)".to_owned(),
+            "#labels = if_not_exists(#labels, :empty)".to_owned(),
+            "#indexed_terms = if_not_exists(#indexed_terms, :empty)".to_owned(),
+            "#revision = if_not_exists(#revision, :zero)".to_owned(),
+            "#size = :size".to_owned(),
         ];
+        let mut names: HashMap<String, String> = [
+            "bucket",
+            "key",
+            "status",
+            "sequence",
+            "updated_at",
+            "created_at",
+            "labels",
+            "indexed_terms",
+            "revision",
+            "size",
+        ]
+        .into_iter()
+        .map(|name| (format!("#{name}"), name.to_owned()))
+        .collect();
         let mut removes = Vec::new();
         let mut values: Item = HashMap::from([
             (":bucket".to_owned(), s(&update.bucket)),
@@ -206,37 +223,28 @@ impl ImageStore for DynamoStore {
             ),
         ]);
         let optional = [
-            ("reason", ":reason", update.reason.clone()),
+            ("reason", update.reason.clone()),
             (
                 "content_type",
-                ":content_type",
                 update.meta.as_ref().and_then(|m| m.content_type.clone()),
             ),
-            ("etag", ":etag", update.meta.as_ref().and_then(|m| m.etag.clone())),
+            ("etag", update.meta.as_ref().and_then(|m| m.etag.clone())),
             (
                 "version_id",
-                ":version_id",
                 update.meta.as_ref().and_then(|m| m.version_id.clone()),
             ),
         ];
-        let mut optional_sets = Vec::new();
-        for (attribute, placeholder, value) in optional {
+        for (attribute, value) in optional {
+            names.insert(format!("#{attribute}"), attribute.to_owned());
             match value {
                 Some(value) => {
-                    optional_sets.push(format!("{attribute} = {placeholder}"));
-                    values.insert(placeholder.to_owned(), s(value));
+                    sets.push(format!("#{attribute} = :{attribute}"));
+                    values.insert(format!(":{attribute}"), s(value));
                 }
-                None => removes.push(attribute),
+                None => removes.push(format!("#{attribute}")),
             }
         }
-        let mut expression = format!(
-            "SET {}",
-            sets.drain(..)
-                .map(str::to_owned)
-                .chain(optional_sets)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let mut expression = format!("SET {}", sets.join(", "));
         if !removes.is_empty() {
             expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
         }
@@ -247,9 +255,7 @@ impl ImageStore for DynamoStore {
             .key("image_id", s(&update.image_id))
             .update_expression(expression)
             .condition_expression("attribute_not_exists(image_id) OR #sequence < :sequence")
-            .expression_attribute_names("#key", "key")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#sequence", "sequence")
+            .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
             .send()
             .await;
@@ -295,7 +301,8 @@ impl IndexStore for DynamoStore {
                     Put::builder()
                         .table_name(&self.tables.images)
                         .set_item(Some(item))
-                        .condition_expression("revision = :revision AND #sequence = :sequence")
+                        .condition_expression("#revision = :revision AND #sequence = :sequence")
+                        .expression_attribute_names("#revision", "revision")
                         .expression_attribute_names("#sequence", "sequence")
                         .expression_attribute_values(":revision", n(commit.expected_revision))
                         .expression_attribute_values(":sequence", s(&record.sequence))
@@ -340,7 +347,9 @@ impl IndexStore for DynamoStore {
                         Update::builder()
                             .table_name(&self.tables.tags)
                             .key("term", s(term))
-                            .update_expression("ADD image_count :delta SET kind = :kind, #name = :name")
+                            .update_expression("ADD #count :delta SET #kind = :kind, #name = :name")
+                            .expression_attribute_names("#count", "image_count")
+                            .expression_attribute_names("#kind", "kind")
                             .expression_attribute_names("#name", "name")
                             .expression_attribute_values(":delta", n(delta))
                             .expression_attribute_values(":kind", s(kind.as_str()))
@@ -421,7 +430,9 @@ impl SearchStore for DynamoStore {
             .query()
             .table_name(&self.tables.postings)
             .index_name(CONFIDENCE_INDEX)
-            .key_condition_expression("term = :term AND confidence >= :min")
+            .key_condition_expression("#term = :term AND #confidence >= :min")
+            .expression_attribute_names("#term", "term")
+            .expression_attribute_names("#confidence", "confidence")
             .expression_attribute_values(":term", s(term))
             .expression_attribute_values(":min", n(min_confidence))
             .scan_index_forward(false)
@@ -544,13 +555,17 @@ impl SearchStore for DynamoStore {
             let request = match prefix {
                 Some(prefix) => request
                     .index_name(NAME_INDEX)
-                    .key_condition_expression("kind = :kind AND begins_with(#name, :prefix)")
-                    .filter_expression("image_count > :zero")
+                    .key_condition_expression("#kind = :kind AND begins_with(#name, :prefix)")
+                    .filter_expression("#count > :zero")
+                    .expression_attribute_names("#kind", "kind")
+                    .expression_attribute_names("#count", "image_count")
                     .expression_attribute_names("#name", "name")
                     .expression_attribute_values(":prefix", s(prefix)),
                 None => request
                     .index_name(COUNT_INDEX)
-                    .key_condition_expression("kind = :kind AND image_count > :zero")
+                    .key_condition_expression("#kind = :kind AND #count > :zero")
+                    .expression_attribute_names("#kind", "kind")
+                    .expression_attribute_names("#count", "image_count")
                     .scan_index_forward(false),
             };
             let out = request.send().await.map_err(classify)?;

@@ -1,0 +1,226 @@
+//! The four service binaries as real processes, pointed at a moto server and
+//! a deployed stack. Their output goes to files under `target/e2e-logs/` so a
+//! failing test can show what each service said.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::moto::{Moto, REGION};
+use super::stack::Stack;
+
+pub const SERVICES: [&str; 4] = ["ingest", "tagger", "indexer", "query"];
+
+/// Directory holding the workspace's built binaries (`target/debug`), found
+/// from the test executable (`target/debug/deps/…`).
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current test executable");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from)
+        .expect("test executable lives in target/<profile>/deps")
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = binary_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the service binaries first with `cargo build --workspace --bins` \
+         (the README's test command does this)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+pub struct ServiceProcess {
+    pub name: String,
+    pub health_port: u16,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl ServiceProcess {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as Kubernetes sends before stopping a pod; waits for exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Everything a test needs to run the pipeline on moto.
+pub struct Pipeline {
+    pub env: HashMap<String, String>,
+    pub processes: Vec<ServiceProcess>,
+    pub query_port: u16,
+    pub log_dir: PathBuf,
+}
+
+impl Pipeline {
+    /// The environment every service reads, from the stack's outputs.
+    pub fn environment(moto: &Moto, stack: &Stack) -> HashMap<String, String> {
+        let pairs = [
+            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+            ("AWS_REGION", REGION),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("IMAGETAG_S3_FORCE_PATH_STYLE", "true"),
+            ("IMAGETAG_EVENTS_QUEUE_URL", stack.output("EventsQueueUrl")),
+            ("IMAGETAG_TAG_QUEUE_URL", stack.output("TagQueueUrl")),
+            ("IMAGETAG_INDEX_QUEUE_URL", stack.output("IndexQueueUrl")),
+            ("IMAGETAG_IMAGES_TABLE", stack.output("ImagesTableName")),
+            ("IMAGETAG_POSTINGS_TABLE", stack.output("PostingsTableName")),
+            ("IMAGETAG_TAGS_TABLE", stack.output("TagsTableName")),
+            ("IMAGETAG_TAGGER_BACKEND", "rekognition"),
+            // Short polls keep the tests quick; production uses 20 s.
+            ("IMAGETAG_RECEIVE_WAIT_SECONDS", "1"),
+            ("IMAGETAG_SHUTDOWN_GRACE_SECONDS", "10"),
+            ("RUST_LOG", "info"),
+        ];
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    pub fn start(moto: &Moto, stack: &Stack) -> Pipeline {
+        let env = Self::environment(moto, stack);
+        let log_dir = binary_dir().join("e2e-logs").join(&stack.prefix);
+        std::fs::create_dir_all(&log_dir).expect("log directory");
+        let query_port = free_port();
+        let mut pipeline = Pipeline {
+            env,
+            processes: Vec::new(),
+            query_port,
+            log_dir,
+        };
+        for service in SERVICES {
+            pipeline.spawn(service);
+        }
+        pipeline
+    }
+
+    /// Starts (or restarts) one service.
+    pub fn spawn(&mut self, service: &str) {
+        self.processes.retain(|p| p.name != service);
+        let health_port = free_port();
+        let log_path = self.log_dir.join(format!("{service}.log"));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("service log file");
+        let mut command = Command::new(binary(&format!("imagetag-{service}")));
+        command
+            .envs(&self.env)
+            .env("IMAGETAG_HEALTH_LISTEN", format!("127.0.0.1:{health_port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        if service == "query" {
+            command.env("IMAGETAG_LISTEN", format!("127.0.0.1:{}", self.query_port));
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start imagetag-{service}: {e}"));
+        self.processes.push(ServiceProcess {
+            name: service.to_owned(),
+            health_port: if service == "query" {
+                self.query_port
+            } else {
+                health_port
+            },
+            log_path,
+            child,
+        });
+    }
+
+    pub fn process(&mut self, service: &str) -> &mut ServiceProcess {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == service)
+            .unwrap_or_else(|| panic!("{service} is not running"))
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.query_port)
+    }
+
+    /// Every service's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.processes
+            .iter()
+            .map(|p| {
+                let log = p.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "----- {} ({})\n{}",
+                    p.name,
+                    p.log_path.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until every service answers /readyz with 200.
+    pub async fn wait_ready(&self, http: &reqwest::Client, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for process in &self.processes {
+            let url = format!("http://127.0.0.1:{}/readyz", process.health_port);
+            loop {
+                let ready = http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ready {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not ready at {url}\n{}",
+                    process.name,
+                    self.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
