@@ -44,8 +44,15 @@ fn tagged(id: &str, sequence: &str, labels: &[(&str, f32, &str)]) -> IndexMessag
     IndexMessage::Tagged {
         image_id: id.into(),
         sequence: sequence.into(),
-        facts: ImageFacts { width: 640, height: 480, format: "jpeg".into() },
-        model: ModelInfo { backend: "test".into(), version: "1".into() },
+        facts: ImageFacts {
+            width: 640,
+            height: 480,
+            format: "jpeg".into(),
+        },
+        model: ModelInfo {
+            backend: "test".into(),
+            version: "1".into(),
+        },
         output: TagOutput {
             labels: labels
                 .iter()
@@ -63,11 +70,19 @@ fn tagged(id: &str, sequence: &str, labels: &[(&str, f32, &str)]) -> IndexMessag
     }
 }
 
-async fn all_postings<S: SearchStore>(store: &S, term: &str, min: f32, page: usize) -> Vec<PostingHit> {
+async fn all_postings<S: SearchStore>(
+    store: &S,
+    term: &str,
+    min: f32,
+    page: usize,
+) -> Vec<PostingHit> {
     let mut hits = Vec::new();
     let mut after: Option<PostingHit> = None;
     loop {
-        let (batch, more) = store.postings(term, min, after.as_ref(), page).await.expect("postings");
+        let (batch, more) = store
+            .postings(term, min, after.as_ref(), page)
+            .await
+            .expect("postings");
         after = batch.last().cloned().or(after);
         hits.extend(batch);
         if !more {
@@ -81,27 +96,48 @@ async fn contract<S: Store>(store: S) {
 
     // Generations: applied once, duplicates and older events recognised.
     let first = generation("img-00", "t2", ImageStatus::Pending);
-    assert_eq!(store.record_generation(&first).await.expect("write"), Recorded::Applied);
-    assert!(matches!(store.record_generation(&first).await.expect("write"), Recorded::Duplicate(_)));
+    assert_eq!(
+        store.record_generation(&first).await.expect("write"),
+        Recorded::Applied
+    );
     assert!(matches!(
-        store.record_generation(&generation("img-00", "t1", ImageStatus::Pending)).await.expect("write"),
+        store.record_generation(&first).await.expect("write"),
+        Recorded::Duplicate(_)
+    ));
+    assert!(matches!(
+        store
+            .record_generation(&generation("img-00", "t1", ImageStatus::Pending))
+            .await
+            .expect("write"),
         Recorded::Stale(_)
     ));
-    let record = ImageStore::get_image(&store, "img-00").await.expect("get").expect("exists");
-    assert_eq!((record.status, record.sequence.as_str(), record.size), (ImageStatus::Pending, "t2", 1234));
+    let record = ImageStore::get_image(&store, "img-00")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (record.status, record.sequence.as_str(), record.size),
+        (ImageStatus::Pending, "t2", 1234)
+    );
 
     // Twenty images share "Dog" with distinct confidences; even ones are
     // also "Beach"; the first is retagged later.
     for i in 0..20u32 {
         let id = format!("img-{i:02}");
         if i > 0 {
-            store.record_generation(&generation(&id, "t2", ImageStatus::Pending)).await.expect("write");
+            store
+                .record_generation(&generation(&id, "t2", ImageStatus::Pending))
+                .await
+                .expect("write");
         }
         let mut labels = vec![("Dog", 50.0 + i as f32, "Animals and Pets")];
         if i % 2 == 0 {
             labels.push(("Beach", 90.0 - i as f32, "Nature and Outdoors"));
         }
-        indexer.apply(&tagged(&id, "t2", &labels)).await.expect("index");
+        indexer
+            .apply(&tagged(&id, "t2", &labels))
+            .await
+            .expect("index");
     }
     let dog = all_postings(&store, &tag_term("dog"), 0.0, 7).await;
     assert_eq!(dog.len(), 20);
@@ -111,9 +147,16 @@ async fn contract<S: Store>(store: S) {
     assert_eq!(confidences, sorted, "best first");
     assert_eq!(dog[0].image_id, "img-19");
     let strong = all_postings(&store, &tag_term("dog"), 65.0, 4).await;
-    assert_eq!(strong.len(), 5, "min confidence is applied by the index: {strong:?}");
+    assert_eq!(
+        strong.len(),
+        5,
+        "min confidence is applied by the index: {strong:?}"
+    );
 
-    let counts = store.term_counts(&[tag_term("dog"), tag_term("beach"), tag_term("cat")]).await.expect("counts");
+    let counts = store
+        .term_counts(&[tag_term("dog"), tag_term("beach"), tag_term("cat")])
+        .await
+        .expect("counts");
     assert_eq!(counts[&tag_term("dog")], 20);
     assert_eq!(counts[&tag_term("beach")], 10);
     assert_eq!(counts[&tag_term("cat")], 0);
@@ -128,50 +171,111 @@ async fn contract<S: Store>(store: S) {
     assert_eq!(lookups.len(), 1);
     assert_eq!(lookups[&(tag_term("beach"), "img-02".to_owned())], 88.0);
 
-    let by_count = store.list_terms(TermKind::Tag, None, 10).await.expect("terms");
+    let by_count = store
+        .list_terms(TermKind::Tag, None, 10)
+        .await
+        .expect("terms");
     assert_eq!(
-        by_count.iter().map(|t| (t.name.as_str(), t.image_count)).collect::<Vec<_>>(),
+        by_count
+            .iter()
+            .map(|t| (t.name.as_str(), t.image_count))
+            .collect::<Vec<_>>(),
         vec![("dog", 20), ("beach", 10)]
     );
-    let prefixed = store.list_terms(TermKind::Tag, Some("be"), 10).await.expect("terms");
-    assert_eq!(prefixed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["beach"]);
-    let categories = store.list_terms(TermKind::Category, None, 10).await.expect("terms");
+    let prefixed = store
+        .list_terms(TermKind::Tag, Some("be"), 10)
+        .await
+        .expect("terms");
+    assert_eq!(
+        prefixed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        vec!["beach"]
+    );
+    let categories = store
+        .list_terms(TermKind::Category, None, 10)
+        .await
+        .expect("terms");
     assert_eq!(categories[0].name, "animals and pets");
 
     // Listing by status pages through every tagged record once.
     let mut seen = BTreeSet::new();
     let mut after: Option<StatusCursor> = None;
     loop {
-        let (records, more) = store.images_by_status(ImageStatus::Tagged, after.as_ref(), 6).await.expect("list");
+        let (records, more) = store
+            .images_by_status(ImageStatus::Tagged, after.as_ref(), 6)
+            .await
+            .expect("list");
         for r in &records {
             assert!(seen.insert(r.image_id.clone()), "{} twice", r.image_id);
         }
-        after = records.last().map(|r| StatusCursor {
-            updated_at: imagetag_shared::model::timestamp::format(&r.updated_at),
-            image_id: r.image_id.clone(),
-        }).or(after);
+        after = records
+            .last()
+            .map(|r| StatusCursor {
+                updated_at: imagetag_shared::model::timestamp::format(&r.updated_at),
+                image_id: r.image_id.clone(),
+            })
+            .or(after);
         if !more {
             break;
         }
     }
     assert_eq!(seen.len(), 20);
-    let fetched = store.get_images(&["img-03".into(), "img-03".into(), "nope".into()]).await.expect("batch");
+    let fetched = store
+        .get_images(&["img-03".into(), "img-03".into(), "nope".into()])
+        .await
+        .expect("batch");
     assert_eq!(fetched.len(), 1);
     assert_eq!(fetched[0].labels[0].name, "Dog");
 
     // Retagging moves counts; deleting removes postings and keeps a tombstone.
-    indexer.apply(&tagged("img-00", "t2", &[("Cat", 99.0, "Animals and Pets")])).await.expect("retag");
-    store.record_generation(&generation("img-02", "t3", ImageStatus::Deleted)).await.expect("delete");
-    indexer.apply(&IndexMessage::Unindex { image_id: "img-02".into(), sequence: "t3".into() }).await.expect("unindex");
-    let counts = store.term_counts(&[tag_term("dog"), tag_term("beach"), tag_term("cat")]).await.expect("counts");
-    assert_eq!((counts[&tag_term("dog")], counts[&tag_term("beach")], counts[&tag_term("cat")]), (18, 8, 1));
-    assert!(all_postings(&store, &tag_term("dog"), 0.0, 50).await.iter().all(|h| h.image_id != "img-02"));
-    let tombstone = ImageStore::get_image(&store, "img-02").await.expect("get").expect("kept");
+    indexer
+        .apply(&tagged(
+            "img-00",
+            "t2",
+            &[("Cat", 99.0, "Animals and Pets")],
+        ))
+        .await
+        .expect("retag");
+    store
+        .record_generation(&generation("img-02", "t3", ImageStatus::Deleted))
+        .await
+        .expect("delete");
+    indexer
+        .apply(&IndexMessage::Unindex {
+            image_id: "img-02".into(),
+            sequence: "t3".into(),
+        })
+        .await
+        .expect("unindex");
+    let counts = store
+        .term_counts(&[tag_term("dog"), tag_term("beach"), tag_term("cat")])
+        .await
+        .expect("counts");
+    assert_eq!(
+        (
+            counts[&tag_term("dog")],
+            counts[&tag_term("beach")],
+            counts[&tag_term("cat")]
+        ),
+        (18, 8, 1)
+    );
+    assert!(
+        all_postings(&store, &tag_term("dog"), 0.0, 50)
+            .await
+            .iter()
+            .all(|h| h.image_id != "img-02")
+    );
+    let tombstone = ImageStore::get_image(&store, "img-02")
+        .await
+        .expect("get")
+        .expect("kept");
     assert_eq!(tombstone.status, ImageStatus::Deleted);
     assert!(tombstone.labels.is_empty());
     // A late create for the deleted generation's predecessor is stale.
     assert!(matches!(
-        store.record_generation(&generation("img-02", "t2", ImageStatus::Pending)).await.expect("write"),
+        store
+            .record_generation(&generation("img-02", "t2", ImageStatus::Pending))
+            .await
+            .expect("write"),
         Recorded::Stale(_)
     ));
 }

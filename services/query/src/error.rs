@@ -1,0 +1,126 @@
+//! The one error type of the API and its single mapping to HTTP responses:
+//! every failure, whichever layer produces it, reaches clients as
+//! `{ "error": { "code": "...", "message": "..." } }`.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use imagetag_shared::PortError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is wrong; `code` is stable for clients to branch on.
+    #[error("{code}: {message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The request took longer than the configured limit.
+    #[error("request timed out")]
+    Timeout,
+    /// A dependency is down or throttling; the detail stays in the logs
+    /// because adapter messages name tables and endpoints.
+    #[error("dependency unavailable: {0}")]
+    DependencyUnavailable(String),
+    /// A bug or bad stored data; the detail stays in the logs.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid_parameter(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code: "invalid_parameter",
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_cursor(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code: "invalid_cursor",
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout | Self::DependencyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } => code,
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Timeout => "timeout",
+            Self::DependencyUnavailable(_) => "dependency_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Self::BadRequest { message, .. } | Self::NotFound(message) => message.clone(),
+            Self::MethodNotAllowed => "method not allowed on this resource".into(),
+            Self::PayloadTooLarge => "the request body is too large".into(),
+            Self::Timeout => "the request took too long; retry later".into(),
+            Self::DependencyUnavailable(_) => "the index is unavailable; retry later".into(),
+            Self::Internal(_) => "internal error".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Logged here, once, so no handler can forget to and none logs twice.
+        match &self {
+            Self::DependencyUnavailable(detail) => {
+                tracing::warn!(error = %detail, "dependency unavailable")
+            }
+            Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            Self::Timeout => tracing::warn!("request timed out"),
+            _ => {}
+        }
+        let body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(err: PortError) -> Self {
+        match err {
+            // A lost race reads as "try again", like an outage.
+            PortError::Unavailable(detail) | PortError::Conflict(detail) => {
+                Self::DependencyUnavailable(detail)
+            }
+            PortError::NotFound(_) => Self::NotFound("not found".into()),
+            // Reads send no user input the store could call invalid, so this
+            // is stored data the service cannot decode.
+            PortError::Invalid(detail) => Self::Internal(format!("store: {detail}")),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid_parameter(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::invalid_parameter(rejection.body_text())
+    }
+}
