@@ -10,7 +10,11 @@ use imagetag_shared::ports::Queue;
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(name = "imagetag", version, about = "Automatic image tagging and search")]
+#[command(
+    name = "imagetag",
+    version,
+    about = "Automatic image tagging and search"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,7 +124,9 @@ async fn get(api: &str, path: &str, query: &[(&str, String)]) -> anyhow::Result<
     let status = response.status();
     let body: Value = response.json().await.context("response is not JSON")?;
     if !status.is_success() {
-        let message = body["error"]["message"].as_str().unwrap_or("request failed");
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
         let code = body["error"]["code"].as_str().unwrap_or("error");
         bail!("{status}: {code}: {message}");
     }
@@ -181,10 +187,14 @@ async fn search(args: SearchArgs) -> anyhow::Result<()> {
             top.join(", ")
         );
     }
-    println!("{} result(s){}", items.len(), match body["next_cursor"].as_str() {
-        Some(_) => " (more available: use --json for the cursor)",
-        None => "",
-    });
+    println!(
+        "{} result(s){}",
+        items.len(),
+        match body["next_cursor"].as_str() {
+            Some(_) => " (more available: use --json for the cursor)",
+            None => "",
+        }
+    );
     Ok(())
 }
 

@@ -148,7 +148,9 @@ impl ObjectStore for LocalBucket {
             if let Some(expected) = expected
                 && facts.meta.etag.as_deref() != Some(expected.as_str())
             {
-                return Err(PortError::Conflict(format!("{key} changed since the event")));
+                return Err(PortError::Conflict(format!(
+                    "{key} changed since the event"
+                )));
             }
             if facts.meta.size > max_bytes {
                 return Err(PortError::Invalid(format!(
@@ -161,7 +163,9 @@ impl ObjectStore for LocalBucket {
                 _ => PortError::Unavailable(format!("reading {key}: {err}")),
             })?;
             if bytes.len() as u64 > max_bytes {
-                return Err(PortError::Invalid(format!("object is over the {max_bytes}-byte limit")));
+                return Err(PortError::Invalid(format!(
+                    "object is over the {max_bytes}-byte limit"
+                )));
             }
             Ok(Bytes::from(bytes))
         })
@@ -169,7 +173,13 @@ impl ObjectStore for LocalBucket {
         .map_err(|err| PortError::Unavailable(err.to_string()))?
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes, _content_type: &str) -> PortResult<()> {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        _content_type: &str,
+    ) -> PortResult<()> {
         self.check_bucket(bucket)?;
         let path = self.path_of(key)?;
         tokio::task::spawn_blocking(move || {
@@ -202,7 +212,16 @@ mod tests {
             bucket.path_of("a/b c.jpg").expect("fine"),
             PathBuf::from("/data/photos/a/b c.jpg")
         );
-        for bad in ["", "/etc/passwd", "../x.jpg", "a/../../x", "a//b", ".imagetag/db", "a\\b", "a/.hidden"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x.jpg",
+            "a/../../x",
+            "a//b",
+            ".imagetag/db",
+            "a\\b",
+            "a/.hidden",
+        ] {
             assert!(bucket.path_of(bad).is_err(), "{bad:?} must be refused");
         }
         assert_eq!(
@@ -217,24 +236,49 @@ mod tests {
     async fn etags_change_on_overwrite_and_stale_reads_conflict() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bucket = LocalBucket::new("local", dir.path());
-        bucket.put("local", "a/x.png", Bytes::from_static(b"one"), "image/png").await.expect("put");
-        let first = bucket.head("local", "a/x.png").await.expect("head").expect("exists");
+        bucket
+            .put("local", "a/x.png", Bytes::from_static(b"one"), "image/png")
+            .await
+            .expect("put");
+        let first = bucket
+            .head("local", "a/x.png")
+            .await
+            .expect("head")
+            .expect("exists");
         assert_eq!(first.size, 3);
         assert_eq!(first.content_type.as_deref(), Some("image/png"));
         std::thread::sleep(std::time::Duration::from_millis(10));
-        bucket.put("local", "a/x.png", Bytes::from_static(b"two!"), "image/png").await.expect("put");
-        let second = bucket.head("local", "a/x.png").await.expect("head").expect("exists");
+        bucket
+            .put("local", "a/x.png", Bytes::from_static(b"two!"), "image/png")
+            .await
+            .expect("put");
+        let second = bucket
+            .head("local", "a/x.png")
+            .await
+            .expect("head")
+            .expect("exists");
         assert_ne!(first.etag, second.etag);
         assert!(matches!(
-            bucket.get("local", "a/x.png", first.etag.as_deref(), 100).await,
+            bucket
+                .get("local", "a/x.png", first.etag.as_deref(), 100)
+                .await,
             Err(PortError::Conflict(_))
         ));
         assert_eq!(
-            bucket.get("local", "a/x.png", second.etag.as_deref(), 100).await.expect("get"),
+            bucket
+                .get("local", "a/x.png", second.etag.as_deref(), 100)
+                .await
+                .expect("get"),
             Bytes::from_static(b"two!")
         );
-        assert!(matches!(bucket.get("local", "a/x.png", None, 2).await, Err(PortError::Invalid(_))));
-        assert!(matches!(bucket.get("local", "nope.png", None, 2).await, Err(PortError::NotFound(_))));
+        assert!(matches!(
+            bucket.get("local", "a/x.png", None, 2).await,
+            Err(PortError::Invalid(_))
+        ));
+        assert!(matches!(
+            bucket.get("local", "nope.png", None, 2).await,
+            Err(PortError::NotFound(_))
+        ));
         assert_eq!(bucket.head("local", "nope.png").await.expect("head"), None);
     }
 }

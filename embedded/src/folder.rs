@@ -72,8 +72,14 @@ pub struct FolderSource {
 }
 
 enum Change {
-    Upsert { key: String, facts: FileFacts, new: bool },
-    Remove { key: String },
+    Upsert {
+        key: String,
+        facts: FileFacts,
+        new: bool,
+    },
+    Remove {
+        key: String,
+    },
 }
 
 impl FolderSource {
@@ -104,7 +110,9 @@ impl FolderSource {
                     .prepare("SELECT key, size, mtime_ns, etag FROM folder_files")
                     .map_err(sql)?;
                 let rows = statement
-                    .query_map([], |row| Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?))))
+                    .query_map([], |row| {
+                        Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)))
+                    })
                     .map_err(sql)?;
                 rows.collect::<Result<_, _>>().map_err(sql)
             })
@@ -112,10 +120,16 @@ impl FolderSource {
         let mut changes = Vec::new();
         for (key, facts) in &on_disk {
             match known.get(key) {
-                None => changes.push(Change::Upsert { key: key.clone(), facts: facts.clone(), new: true }),
-                Some(seen) if !same(seen, facts) => {
-                    changes.push(Change::Upsert { key: key.clone(), facts: facts.clone(), new: false })
-                }
+                None => changes.push(Change::Upsert {
+                    key: key.clone(),
+                    facts: facts.clone(),
+                    new: true,
+                }),
+                Some(seen) if !same(seen, facts) => changes.push(Change::Upsert {
+                    key: key.clone(),
+                    facts: facts.clone(),
+                    new: false,
+                }),
                 Some(_) => {}
             }
         }
@@ -178,7 +192,10 @@ impl FolderSource {
                         .map_err(sql)?;
                     for prefix in prefixes {
                         let upper = format!("{prefix}\u{10FFFF}");
-                        for key in statement.query_map(params![prefix, upper], |r| r.get(0)).map_err(sql)? {
+                        for key in statement
+                            .query_map(params![prefix, upper], |r| r.get(0))
+                            .map_err(sql)?
+                        {
                             keys.push(key.map_err(sql)?);
                         }
                     }
@@ -211,9 +228,17 @@ impl FolderSource {
                         .optional()
                         .map_err(sql)?;
                     match (seen, facts) {
-                        (None, Some(facts)) => changes.push(Change::Upsert { key, facts, new: true }),
+                        (None, Some(facts)) => changes.push(Change::Upsert {
+                            key,
+                            facts,
+                            new: true,
+                        }),
                         (Some(seen), Some(facts)) if !same(&seen, &facts) => {
-                            changes.push(Change::Upsert { key, facts, new: false })
+                            changes.push(Change::Upsert {
+                                key,
+                                facts,
+                                new: false,
+                            })
                         }
                         (Some(_), None) => changes.push(Change::Remove { key }),
                         _ => {}
@@ -280,18 +305,21 @@ impl FolderSource {
     pub async fn watch(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            match event {
+        let mut watcher = notify::recommended_watcher(
+            move |event: notify::Result<notify::Event>| match event {
                 Ok(event) => {
                     for path in event.paths {
                         let _ = tx.send(path);
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "folder watcher error; the next full scan catches up"),
-            }
-        })?;
+                Err(err) => {
+                    tracing::warn!(error = %err, "folder watcher error; the next full scan catches up")
+                }
+            },
+        )?;
         watcher.watch(self.bucket.root(), RecursiveMode::Recursive)?;
-        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
+        let mut rescan =
+            tokio::time::interval_at(tokio::time::Instant::now() + RESCAN_EVERY, RESCAN_EVERY);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -325,7 +353,9 @@ impl FolderSource {
             match self.sync_paths(paths).await {
                 Ok(n) if n > 0 => tracing::info!(changes = n, "folder changed"),
                 Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "could not reconcile folder changes; the next scan retries"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not reconcile folder changes; the next scan retries")
+                }
             }
         }
         Ok(())
@@ -358,7 +388,9 @@ fn walk(bucket: &LocalBucket, dir: &Path) -> PortResult<HashMap<String, FileFact
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 pending.push(path);
             } else if kind.is_file()
@@ -373,8 +405,16 @@ fn walk(bucket: &LocalBucket, dir: &Path) -> PortResult<HashMap<String, FileFact
 }
 
 /// An S3 event notification for one key, in the shape S3 delivers.
-fn s3_event(name: &str, bucket: &str, key: &str, facts: Option<&FileFacts>, sequence: i64) -> String {
-    let encoded = utf8_percent_encode(key, KEY_ENCODE).to_string().replace(' ', "+");
+fn s3_event(
+    name: &str,
+    bucket: &str,
+    key: &str,
+    facts: Option<&FileFacts>,
+    sequence: i64,
+) -> String {
+    let encoded = utf8_percent_encode(key, KEY_ENCODE)
+        .to_string()
+        .replace(' ', "+");
     let mut object = json!({
         "key": encoded,
         "sequencer": format!("{sequence:016X}"),
@@ -412,7 +452,11 @@ mod tests {
             .collect();
         let receipts: Vec<String> = got.into_iter().map(|m| m.receipt).collect();
         q.delete(&receipts).await.expect("delete");
-        all.sort_by_key(|e| e["Records"][0]["s3"]["object"]["sequencer"].as_str().map(str::to_owned));
+        all.sort_by_key(|e| {
+            e["Records"][0]["s3"]["object"]["sequencer"]
+                .as_str()
+                .map(str::to_owned)
+        });
         all
     }
 
@@ -434,9 +478,13 @@ mod tests {
         let photos = tempfile::tempdir().expect("dir");
         let data = tempfile::tempdir().expect("dir");
         let db = QueueDb::open(&data.path().join("q.db")).expect("db");
-        let source = FolderSource::new(LocalBucket::new("local", photos.path()), db.clone(), "events")
-            .await
-            .expect("source");
+        let source = FolderSource::new(
+            LocalBucket::new("local", photos.path()),
+            db.clone(),
+            "events",
+        )
+        .await
+        .expect("source");
         std::fs::create_dir_all(photos.path().join("trip")).expect("mkdir");
         std::fs::write(photos.path().join("trip/cat 1+2.jpg"), b"a").expect("write");
         std::fs::write(photos.path().join("dog.png"), b"b").expect("write");
@@ -444,7 +492,14 @@ mod tests {
         std::fs::write(photos.path().join(".hidden/x.png"), b"c").expect("write");
 
         let report = source.scan().await.expect("scan");
-        assert_eq!(report, ScanReport { created: 2, changed: 0, removed: 0 });
+        assert_eq!(
+            report,
+            ScanReport {
+                created: 2,
+                changed: 0,
+                removed: 0
+            }
+        );
         let first = events(&db).await;
         let mut keys = summary(&first);
         keys.sort();
@@ -461,7 +516,14 @@ mod tests {
         std::fs::write(photos.path().join("dog.png"), b"bb").expect("overwrite");
         std::fs::remove_file(photos.path().join("trip/cat 1+2.jpg")).expect("remove");
         let report = source.scan().await.expect("scan");
-        assert_eq!(report, ScanReport { created: 0, changed: 1, removed: 1 });
+        assert_eq!(
+            report,
+            ScanReport {
+                created: 0,
+                changed: 1,
+                removed: 1
+            }
+        );
         let second = summary(&events(&db).await);
         assert!(second.contains(&("ObjectCreated:Put".into(), "dog.png".into())));
         assert!(second.contains(&("ObjectRemoved:Delete".into(), "trip/cat+1%2B2.jpg".into())));
@@ -472,9 +534,13 @@ mod tests {
         let photos = tempfile::tempdir().expect("dir");
         let data = tempfile::tempdir().expect("dir");
         let db = QueueDb::open(&data.path().join("q.db")).expect("db");
-        let source = FolderSource::new(LocalBucket::new("local", photos.path()), db.clone(), "events")
-            .await
-            .expect("source");
+        let source = FolderSource::new(
+            LocalBucket::new("local", photos.path()),
+            db.clone(),
+            "events",
+        )
+        .await
+        .expect("source");
         std::fs::create_dir_all(photos.path().join("old")).expect("mkdir");
         std::fs::write(photos.path().join("old/a.jpg"), b"a").expect("write");
         source.scan().await.expect("scan");

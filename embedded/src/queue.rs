@@ -324,13 +324,24 @@ mod tests {
         let q = db.queue("jobs", None, 5);
         let attrs = HashMap::from([("traceparent".to_owned(), "00-abc".to_owned())]);
         q.send("one", &attrs).await.expect("send");
-        let got = q.receive(10, NONE, Duration::from_millis(300)).await.expect("receive");
+        let got = q
+            .receive(10, NONE, Duration::from_millis(300))
+            .await
+            .expect("receive");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].attributes, attrs);
         assert_eq!(got[0].receive_count, 1);
-        assert!(q.receive(10, NONE, Duration::from_secs(1)).await.expect("receive").is_empty());
+        assert!(
+            q.receive(10, NONE, Duration::from_secs(1))
+                .await
+                .expect("receive")
+                .is_empty()
+        );
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let again = q.receive(10, NONE, Duration::from_secs(30)).await.expect("receive");
+        let again = q
+            .receive(10, NONE, Duration::from_secs(30))
+            .await
+            .expect("receive");
         assert_eq!(again.len(), 1, "visible again after the timeout");
         assert_eq!(again[0].receive_count, 2);
         // The first delivery's receipt is stale now and deletes nothing.
@@ -346,13 +357,26 @@ mod tests {
         let q = db.queue("jobs", Some("jobs-dlq"), 2);
         q.send("poison", &HashMap::new()).await.expect("send");
         for _ in 0..2 {
-            let got = q.receive(1, NONE, Duration::from_secs(30)).await.expect("receive");
+            let got = q
+                .receive(1, NONE, Duration::from_secs(30))
+                .await
+                .expect("receive");
             assert_eq!(got.len(), 1);
-            q.change_visibility(&got[0].receipt, NONE).await.expect("release");
+            q.change_visibility(&got[0].receipt, NONE)
+                .await
+                .expect("release");
         }
-        assert!(q.receive(1, NONE, Duration::from_secs(30)).await.expect("receive").is_empty());
+        assert!(
+            q.receive(1, NONE, Duration::from_secs(30))
+                .await
+                .expect("receive")
+                .is_empty()
+        );
         let dlq = db.queue("jobs-dlq", None, 5);
-        let dead = dlq.receive(1, NONE, Duration::from_secs(30)).await.expect("receive");
+        let dead = dlq
+            .receive(1, NONE, Duration::from_secs(30))
+            .await
+            .expect("receive");
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].body, "poison");
     }
@@ -367,9 +391,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             sender.send("late", &HashMap::new()).await
         });
-        let got = q.receive(1, Duration::from_secs(10), Duration::from_secs(30)).await.expect("receive");
+        let got = q
+            .receive(1, Duration::from_secs(10), Duration::from_secs(30))
+            .await
+            .expect("receive");
         assert_eq!(got.len(), 1);
-        assert!(started.elapsed() < Duration::from_secs(10), "woken before the wait ran out");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "woken before the wait ran out"
+        );
         send.await.expect("join").expect("send");
     }
 
@@ -382,11 +412,21 @@ mod tests {
             let q = db.queue("jobs", None, 5);
             q.send("durable", &HashMap::new()).await.expect("send");
             // Received but never acknowledged: a crash right here.
-            assert_eq!(q.receive(1, NONE, Duration::from_millis(100)).await.expect("receive").len(), 1);
+            assert_eq!(
+                q.receive(1, NONE, Duration::from_millis(100))
+                    .await
+                    .expect("receive")
+                    .len(),
+                1
+            );
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
         let db = QueueDb::open(&path).expect("reopen");
-        let got = db.queue("jobs", None, 5).receive(1, NONE, Duration::from_secs(30)).await.expect("receive");
+        let got = db
+            .queue("jobs", None, 5)
+            .receive(1, NONE, Duration::from_secs(30))
+            .await
+            .expect("receive");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].body, "durable");
     }

@@ -500,7 +500,9 @@ impl SearchStore for SqliteStore {
             };
             let mut statement = db.prepare_cached(sql).map_err(db_error)?;
             for json in statement
-                .query_map(rusqlite::params_from_iter(values), |row| row.get::<_, String>(0))
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    row.get::<_, String>(0)
+                })
                 .map_err(db_error)?
             {
                 records.push(decode(&json.map_err(db_error)?)?);

@@ -99,7 +99,11 @@ pub async fn run<Q: Queue + ?Sized, H: Handler>(
     let mut tasks = JoinSet::new();
     let mut receive_failures = 0u32;
 
-    tracing::info!(queue = name, max_in_flight = config.max_in_flight, "consumer started");
+    tracing::info!(
+        queue = name,
+        max_in_flight = config.max_in_flight,
+        "consumer started"
+    );
     while !shutdown.is_cancelled() {
         while tasks.try_join_next().is_some() {}
         let free = slots.available_permits();
@@ -175,7 +179,11 @@ pub async fn run<Q: Queue + ?Sized, H: Handler>(
         }
     }
 
-    tracing::info!(queue = name, in_flight = tasks.len(), "stopping: finishing in-flight messages");
+    tracing::info!(
+        queue = name,
+        in_flight = tasks.len(),
+        "stopping: finishing in-flight messages"
+    );
     let drained = tokio::time::timeout(config.shutdown_grace, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -187,7 +195,11 @@ pub async fn run<Q: Queue + ?Sized, H: Handler>(
             .lock()
             .map(|map| map.values().cloned().collect())
             .unwrap_or_default();
-        tracing::warn!(queue = name, released = unfinished.len(), "grace period over: releasing unfinished messages");
+        tracing::warn!(
+            queue = name,
+            released = unfinished.len(),
+            "grace period over: releasing unfinished messages"
+        );
         for receipt in unfinished {
             release(name, queue.as_ref(), &receipt).await;
         }
@@ -215,7 +227,8 @@ async fn process<Q: Queue + ?Sized, H: Handler>(
             match handler.handle(&message).await {
                 Err(HandleError::Transient(reason)) => {
                     attempt += 1;
-                    let delay = backoff(attempt, Duration::from_millis(100), config.max_retry_delay);
+                    let delay =
+                        backoff(attempt, Duration::from_millis(100), config.max_retry_delay);
                     tracing::warn!(%reason, attempt, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -305,7 +318,10 @@ mod tests {
         for attempt in 0..20 {
             let delay = backoff(attempt, base, cap);
             let ceiling = base.saturating_mul(1 << attempt.min(16)).min(cap);
-            assert!(delay >= ceiling / 2 && delay < ceiling, "attempt {attempt}: {delay:?}");
+            assert!(
+                delay >= ceiling / 2 && delay < ceiling,
+                "attempt {attempt}: {delay:?}"
+            );
         }
     }
 

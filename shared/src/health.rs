@@ -21,7 +21,10 @@ pub type ReadinessCheck =
 
 pub fn router(readiness: ReadinessCheck) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready))
         .with_state(readiness)
 }
@@ -31,13 +34,19 @@ async fn ready(State(check): State<ReadinessCheck>) -> (StatusCode, Json<serde_j
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Err(err) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": { "code": "dependency_unavailable", "message": err.to_string() } })),
+            Json(
+                json!({ "error": { "code": "dependency_unavailable", "message": err.to_string() } }),
+            ),
         ),
     }
 }
 
 /// Serves `router` on `addr` until `shutdown`.
-pub async fn serve(addr: SocketAddr, router: Router, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "health endpoints listening");
     axum::serve(listener, router)

@@ -183,7 +183,11 @@ pub struct ImageRecord {
     /// Sort key of the by-status index, hence the fixed-width format.
     #[serde(with = "timestamp")]
     pub updated_at: DateTime<Utc>,
-    #[serde(default, with = "timestamp::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "timestamp::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tagged_at: Option<DateTime<Utc>>,
 }
 
@@ -201,7 +205,9 @@ pub mod timestamp {
         serializer.serialize_str(&format(at))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
         let text = String::deserialize(deserializer)?;
         DateTime::parse_from_rfc3339(&text)
             .map(|at| at.with_timezone(&Utc))
@@ -310,16 +316,29 @@ mod tests {
         assert_eq!(
             terms,
             vec![
-                IndexedTerm { term: "cat:animals and pets".into(), confidence: 95.5 },
-                IndexedTerm { term: "tag:cat".into(), confidence: 95.5 },
-                IndexedTerm { term: "tag:dog".into(), confidence: 90.0 },
+                IndexedTerm {
+                    term: "cat:animals and pets".into(),
+                    confidence: 95.5
+                },
+                IndexedTerm {
+                    term: "tag:cat".into(),
+                    confidence: 95.5
+                },
+                IndexedTerm {
+                    term: "tag:dog".into(),
+                    confidence: 90.0
+                },
             ]
         );
     }
 
     #[test]
     fn status_round_trips_through_its_name() {
-        for status in [ImageStatus::Pending, ImageStatus::Tagged, ImageStatus::Deleted] {
+        for status in [
+            ImageStatus::Pending,
+            ImageStatus::Tagged,
+            ImageStatus::Deleted,
+        ] {
             assert_eq!(ImageStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(ImageStatus::parse("bogus"), None);

@@ -35,7 +35,10 @@ pub fn init(service: &'static str) -> Telemetry {
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     let exporter_error = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
             Ok(exporter) => {
                 builder = builder.with_batch_exporter(exporter);
                 None
@@ -49,8 +52,9 @@ pub fn init(service: &'static str) -> Telemetry {
     let tracer = provider.tracer(service);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,aws_smithy_runtime=warn,aws_config=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,aws_smithy_runtime=warn,aws_config=warn,hyper=warn")
+    });
     let logs = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)

@@ -93,7 +93,11 @@ impl<S: IndexStore> IndexerService<S> {
                 return Ok(());
             }
             self.store
-                .commit(&removal_step(&current, &commit, self.store.max_commit_items()))
+                .commit(&removal_step(
+                    &current,
+                    &commit,
+                    self.store.max_commit_items(),
+                ))
                 .await?;
         }
     }
@@ -260,7 +264,11 @@ mod tests {
     /// atomic commits and a bounded commit size.
     #[derive(Default)]
     struct MemoryStore {
-        state: Mutex<(HashMap<String, ImageRecord>, HashMap<(String, String), f32>, HashMap<String, i64>)>,
+        state: Mutex<(
+            HashMap<String, ImageRecord>,
+            HashMap<(String, String), f32>,
+            HashMap<String, i64>,
+        )>,
         max_items: usize,
         commits: Mutex<usize>,
     }
@@ -272,11 +280,16 @@ mod tests {
         }
 
         async fn commit(&self, commit: &IndexCommit) -> PortResult<()> {
-            assert!(commit.item_count() <= self.max_items, "commit over the limit");
+            assert!(
+                commit.item_count() <= self.max_items,
+                "commit over the limit"
+            );
             let mut state = self.state.lock().expect("lock");
             let stored = state.0.get(&commit.record.image_id).cloned();
             match stored {
-                Some(r) if r.revision == commit.expected_revision && r.sequence == commit.record.sequence => {}
+                Some(r)
+                    if r.revision == commit.expected_revision
+                        && r.sequence == commit.record.sequence => {}
                 _ => return Err(PortError::Conflict("changed".into())),
             }
             let id = commit.record.image_id.clone();
@@ -348,26 +361,59 @@ mod tests {
         IndexMessage::Tagged {
             image_id: id.into(),
             sequence: sequence.into(),
-            facts: ImageFacts { width: 4, height: 3, format: "jpeg".into() },
-            model: ModelInfo { backend: "test".into(), version: "1".into() },
-            output: TagOutput { labels: labels(names), ..Default::default() },
+            facts: ImageFacts {
+                width: 4,
+                height: 3,
+                format: "jpeg".into(),
+            },
+            model: ModelInfo {
+                backend: "test".into(),
+                version: "1".into(),
+            },
+            output: TagOutput {
+                labels: labels(names),
+                ..Default::default()
+            },
         }
     }
 
     fn service(max_items: usize, records: &[ImageRecord]) -> IndexerService<MemoryStore> {
-        let store = MemoryStore { max_items, ..Default::default() };
+        let store = MemoryStore {
+            max_items,
+            ..Default::default()
+        };
         for r in records {
-            store.state.lock().expect("lock").0.insert(r.image_id.clone(), r.clone());
+            store
+                .state
+                .lock()
+                .expect("lock")
+                .0
+                .insert(r.image_id.clone(), r.clone());
         }
         IndexerService::new(store)
     }
 
     fn counts(s: &IndexerService<MemoryStore>) -> BTreeMap<String, i64> {
-        s.store.state.lock().expect("lock").2.iter().filter(|(_, c)| **c != 0).map(|(t, c)| (t.clone(), *c)).collect()
+        s.store
+            .state
+            .lock()
+            .expect("lock")
+            .2
+            .iter()
+            .filter(|(_, c)| **c != 0)
+            .map(|(t, c)| (t.clone(), *c))
+            .collect()
     }
 
     fn postings(s: &IndexerService<MemoryStore>) -> BTreeMap<(String, String), f32> {
-        s.store.state.lock().expect("lock").1.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        s.store
+            .state
+            .lock()
+            .expect("lock")
+            .1
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     #[tokio::test]
@@ -377,9 +423,18 @@ mod tests {
         for _ in 0..3 {
             s.apply(&message).await.expect("applies");
         }
-        s.apply(&tagged("b", "t1", &[("Dog", 70.0)])).await.expect("applies");
-        assert_eq!(counts(&s), BTreeMap::from([("tag:dog".into(), 2), ("tag:pet".into(), 1)]));
-        assert_eq!(*s.store.commits.lock().expect("lock"), 2, "replays must not write");
+        s.apply(&tagged("b", "t1", &[("Dog", 70.0)]))
+            .await
+            .expect("applies");
+        assert_eq!(
+            counts(&s),
+            BTreeMap::from([("tag:dog".into(), 2), ("tag:pet".into(), 1)])
+        );
+        assert_eq!(
+            *s.store.commits.lock().expect("lock"),
+            2,
+            "replays must not write"
+        );
         let record = s.store.get_image("a").await.expect("ok").expect("exists");
         assert_eq!(record.status, ImageStatus::Tagged);
         assert_eq!(record.revision, 1);
@@ -388,25 +443,47 @@ mod tests {
     #[tokio::test]
     async fn retagging_replaces_postings_and_moves_counts() {
         let s = service(100, &[pending("a", "t1")]);
-        s.apply(&tagged("a", "t1", &[("Dog", 90.0), ("Pet", 80.0)])).await.expect("applies");
-        s.apply(&tagged("a", "t1", &[("Cat", 95.0), ("Pet", 60.0)])).await.expect("applies");
-        assert_eq!(counts(&s), BTreeMap::from([("tag:cat".into(), 1), ("tag:pet".into(), 1)]));
-        assert_eq!(postings(&s).get(&("tag:pet".into(), "a".into())), Some(&60.0));
+        s.apply(&tagged("a", "t1", &[("Dog", 90.0), ("Pet", 80.0)]))
+            .await
+            .expect("applies");
+        s.apply(&tagged("a", "t1", &[("Cat", 95.0), ("Pet", 60.0)]))
+            .await
+            .expect("applies");
+        assert_eq!(
+            counts(&s),
+            BTreeMap::from([("tag:cat".into(), 1), ("tag:pet".into(), 1)])
+        );
+        assert_eq!(
+            postings(&s).get(&("tag:pet".into(), "a".into())),
+            Some(&60.0)
+        );
         assert!(!postings(&s).contains_key(&("tag:dog".into(), "a".into())));
     }
 
     #[tokio::test]
     async fn messages_for_older_generations_are_ignored() {
         let s = service(100, &[pending("a", "t2")]);
-        s.apply(&tagged("a", "t1", &[("Dog", 90.0)])).await.expect("ok");
+        s.apply(&tagged("a", "t1", &[("Dog", 90.0)]))
+            .await
+            .expect("ok");
         assert!(counts(&s).is_empty());
-        assert_eq!(s.store.get_image("a").await.expect("ok").expect("exists").status, ImageStatus::Pending);
+        assert_eq!(
+            s.store
+                .get_image("a")
+                .await
+                .expect("ok")
+                .expect("exists")
+                .status,
+            ImageStatus::Pending
+        );
     }
 
     #[tokio::test]
     async fn unindex_after_delete_removes_everything_and_failures_record_reasons() {
         let s = service(100, &[pending("a", "t1"), pending("b", "t1")]);
-        s.apply(&tagged("a", "t1", &[("Dog", 90.0)])).await.expect("ok");
+        s.apply(&tagged("a", "t1", &[("Dog", 90.0)]))
+            .await
+            .expect("ok");
         // Ingest records the delete as a newer generation, then asks to unindex.
         {
             let mut state = s.store.state.lock().expect("lock");
@@ -414,7 +491,10 @@ mod tests {
             record.status = ImageStatus::Deleted;
             record.sequence = "t2".into();
         }
-        let unindex = IndexMessage::Unindex { image_id: "a".into(), sequence: "t2".into() };
+        let unindex = IndexMessage::Unindex {
+            image_id: "a".into(),
+            sequence: "t2".into(),
+        };
         s.apply(&unindex).await.expect("ok");
         s.apply(&unindex).await.expect("replay ok");
         assert!(counts(&s).is_empty());
@@ -437,7 +517,9 @@ mod tests {
         // A store that takes 11 items per commit allows 5 terms per image;
         // replacing 5 terms by 5 others needs 21 items, so it takes steps.
         let s = service(11, &[pending("a", "t1")]);
-        let first: Vec<(String, f32)> = (0..7).map(|i| (format!("old{i}"), 90.0 - i as f32)).collect();
+        let first: Vec<(String, f32)> = (0..7)
+            .map(|i| (format!("old{i}"), 90.0 - i as f32))
+            .collect();
         let first: Vec<(&str, f32)> = first.iter().map(|(n, c)| (n.as_str(), *c)).collect();
         s.apply(&tagged("a", "t1", &first)).await.expect("ok");
         assert_eq!(counts(&s).len(), 5, "only the best max_terms are indexed");
@@ -460,8 +542,14 @@ mod tests {
             attributes: HashMap::new(),
             receive_count: 1,
         };
-        assert!(matches!(s.handle(&message("{")).await, Err(HandleError::Permanent(_))));
+        assert!(matches!(
+            s.handle(&message("{")).await,
+            Err(HandleError::Permanent(_))
+        ));
         let body = serde_json::to_string(&tagged("zzz", "t1", &[("Dog", 1.0)])).expect("json");
-        assert!(matches!(s.handle(&message(&body)).await, Err(HandleError::Permanent(_))));
+        assert!(matches!(
+            s.handle(&message(&body)).await,
+            Err(HandleError::Permanent(_))
+        ));
     }
 }

@@ -104,7 +104,10 @@ pub fn parse(body: &str) -> Result<Notification, EventError> {
         let envelope: SnsEnvelope = serde_json::from_value(value)
             .map_err(|err| EventError::Unrecognized(format!("SNS envelope: {err}")))?;
         if envelope.kind != "Notification" {
-            return Ok(Notification::Ignored(format!("SNS {} message", envelope.kind)));
+            return Ok(Notification::Ignored(format!(
+                "SNS {} message",
+                envelope.kind
+            )));
         }
         let inner = envelope
             .message
@@ -155,7 +158,11 @@ fn parse_s3(value: serde_json::Value) -> Result<Notification, EventError> {
             key,
             size: record.s3.object.size,
             etag: record.s3.object.e_tag.filter(|e| !e.is_empty()),
-            version_id: record.s3.object.version_id.filter(|v| !v.is_empty() && v != "null"),
+            version_id: record
+                .s3
+                .object
+                .version_id
+                .filter(|v| !v.is_empty() && v != "null"),
             sequence,
         });
     }
@@ -185,15 +192,21 @@ pub fn decode_key(raw: &str) -> Result<String, EventError> {
 /// S3's `sequencer` is a hex number of varying length: zero-padded on the
 /// left it compares as text. Notifications without it (moto) fall back to
 /// the event time; one bucket gets one kind or the other, never both.
-pub fn sequence_of(sequencer: Option<&str>, event_time: Option<&str>) -> Result<String, EventError> {
+pub fn sequence_of(
+    sequencer: Option<&str>,
+    event_time: Option<&str>,
+) -> Result<String, EventError> {
     if let Some(sequencer) = sequencer.filter(|s| !s.is_empty()) {
         if !sequencer.chars().all(|c| c.is_ascii_hexdigit()) || sequencer.len() > 64 {
-            return Err(EventError::BadRecord(format!("bad sequencer {sequencer:?}")));
+            return Err(EventError::BadRecord(format!(
+                "bad sequencer {sequencer:?}"
+            )));
         }
         return Ok(format!("s{:0>64}", sequencer.to_ascii_uppercase()));
     }
-    let time = event_time
-        .ok_or_else(|| EventError::BadRecord("record has neither sequencer nor eventTime".into()))?;
+    let time = event_time.ok_or_else(|| {
+        EventError::BadRecord("record has neither sequencer nor eventTime".into())
+    })?;
     let parsed: DateTime<Utc> = DateTime::parse_from_rfc3339(time)
         .map_err(|err| EventError::BadRecord(format!("bad eventTime {time:?}: {err}")))?
         .with_timezone(&Utc);
@@ -229,11 +242,11 @@ mod tests {
         assert_eq!(event.bucket, "photos-bucket");
         assert_eq!(event.key, "uploads/cat 1+2 é.jpg");
         assert_eq!(event.size, Some(1024));
-        assert_eq!(event.etag.as_deref(), Some("d41d8cd98f00b204e9800998ecf8427e"));
         assert_eq!(
-            event.sequence,
-            format!("s{:0>64}", "0055AED6DCD90281E5")
+            event.etag.as_deref(),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
         );
+        assert_eq!(event.sequence, format!("s{:0>64}", "0055AED6DCD90281E5"));
     }
 
     #[test]
@@ -257,18 +270,27 @@ mod tests {
 
     #[test]
     fn test_events_and_subscription_confirmations_are_ignored() {
-        assert!(matches!(parse(&fixture("aws_test_event.json")), Ok(Notification::Ignored(_))));
+        assert!(matches!(
+            parse(&fixture("aws_test_event.json")),
+            Ok(Notification::Ignored(_))
+        ));
         let wrapped = serde_json::json!({
             "Type": "Notification",
             "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
             "Message": fixture("aws_test_event.json"),
         });
-        assert!(matches!(parse(&wrapped.to_string()), Ok(Notification::Ignored(_))));
+        assert!(matches!(
+            parse(&wrapped.to_string()),
+            Ok(Notification::Ignored(_))
+        ));
         let confirmation = serde_json::json!({
             "Type": "SubscriptionConfirmation",
             "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
         });
-        assert!(matches!(parse(&confirmation.to_string()), Ok(Notification::Ignored(_))));
+        assert!(matches!(
+            parse(&confirmation.to_string()),
+            Ok(Notification::Ignored(_))
+        ));
     }
 
     #[test]
@@ -278,25 +300,37 @@ mod tests {
             "eventTime": "2026-01-01T00:00:00.000Z",
             "s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}
         }]});
-        assert!(matches!(parse(&body.to_string()), Ok(Notification::Ignored(_))));
+        assert!(matches!(
+            parse(&body.to_string()),
+            Ok(Notification::Ignored(_))
+        ));
     }
 
     #[test]
     fn malformed_bodies_are_errors_with_reasons() {
         assert!(matches!(parse("not json"), Err(EventError::NotJson(_))));
-        assert!(matches!(parse("{\"hello\": 1}"), Err(EventError::Unrecognized(_))));
+        assert!(matches!(
+            parse("{\"hello\": 1}"),
+            Err(EventError::Unrecognized(_))
+        ));
         let no_key = serde_json::json!({"Records": [{
             "eventName": "ObjectCreated:Put",
             "eventTime": "2026-01-01T00:00:00.000Z",
             "s3": {"bucket": {"name": "b"}, "object": {}}
         }]});
-        assert!(matches!(parse(&no_key.to_string()), Err(EventError::BadRecord(_))));
+        assert!(matches!(
+            parse(&no_key.to_string()),
+            Err(EventError::BadRecord(_))
+        ));
         let bad_utf8 = serde_json::json!({"Records": [{
             "eventName": "ObjectCreated:Put",
             "eventTime": "2026-01-01T00:00:00.000Z",
             "s3": {"bucket": {"name": "b"}, "object": {"key": "%FF%FE"}}
         }]});
-        assert!(matches!(parse(&bad_utf8.to_string()), Err(EventError::BadRecord(_))));
+        assert!(matches!(
+            parse(&bad_utf8.to_string()),
+            Err(EventError::BadRecord(_))
+        ));
     }
 
     #[test]

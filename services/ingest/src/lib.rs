@@ -121,7 +121,10 @@ where
             // A redelivery after a crash between the write and the send:
             // send again (the tagger and indexer are idempotent).
             Recorded::Duplicate(existing)
-                if matches!(existing.status, ImageStatus::Pending | ImageStatus::Rejected) =>
+                if matches!(
+                    existing.status,
+                    ImageStatus::Pending | ImageStatus::Rejected
+                ) =>
             {
                 self.follow_up(&update).await
             }
@@ -265,7 +268,11 @@ pub fn rejection_reason(key: &str, meta: &ObjectMeta, max_bytes: u64) -> Option<
         }
         return Some(format!(
             "neither the content type ({}) nor the name says image",
-            if content_type.is_empty() { "none" } else { &content_type }
+            if content_type.is_empty() {
+                "none"
+            } else {
+                &content_type
+            }
         ));
     }
     Some(format!("content type {content_type} is not an image"))
@@ -316,7 +323,10 @@ mod tests {
 
     #[test]
     fn images_by_content_type_or_by_name_pass() {
-        assert_eq!(rejection_reason("a.bin", &meta(10, Some("image/jpeg")), 100), None);
+        assert_eq!(
+            rejection_reason("a.bin", &meta(10, Some("image/jpeg")), 100),
+            None
+        );
         assert_eq!(
             rejection_reason("a.JPG", &meta(10, Some("binary/octet-stream")), 100),
             None
@@ -330,7 +340,9 @@ mod tests {
         assert!(reason("a.jpg", meta(0, Some("image/jpeg"))).contains("empty"));
         assert!(reason("a.jpg", meta(101, Some("image/jpeg"))).contains("limit"));
         assert!(reason("doc.pdf", meta(10, Some("application/pdf"))).contains("application/pdf"));
-        assert!(reason("page.jpg", meta(10, Some("text/html; charset=utf-8"))).contains("text/html"));
+        assert!(
+            reason("page.jpg", meta(10, Some("text/html; charset=utf-8"))).contains("text/html")
+        );
         assert!(reason("x.svg", meta(10, Some("image/svg+xml"))).contains("SVG"));
         assert!(reason("archive.zip", meta(10, None)).contains("name"));
     }

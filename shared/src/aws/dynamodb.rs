@@ -132,7 +132,9 @@ fn decode_record(item: Item) -> PortResult<ImageRecord> {
 fn get_s<'a>(item: &'a Item, name: &str) -> PortResult<&'a str> {
     match item.get(name) {
         Some(AttributeValue::S(value)) => Ok(value),
-        _ => Err(PortError::Invalid(format!("item lacks string attribute {name}"))),
+        _ => Err(PortError::Invalid(format!(
+            "item lacks string attribute {name}"
+        ))),
     }
 }
 
@@ -141,12 +143,17 @@ fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> PortResult<T> {
         Some(AttributeValue::N(value)) => value
             .parse()
             .map_err(|_| PortError::Invalid(format!("attribute {name} is not a number: {value}"))),
-        _ => Err(PortError::Invalid(format!("item lacks number attribute {name}"))),
+        _ => Err(PortError::Invalid(format!(
+            "item lacks number attribute {name}"
+        ))),
     }
 }
 
 fn posting_key(term: &str, image_id: &str) -> Item {
-    HashMap::from([("term".to_owned(), s(term)), ("image_id".to_owned(), s(image_id))])
+    HashMap::from([
+        ("term".to_owned(), s(term)),
+        ("image_id".to_owned(), s(image_id)),
+    ])
 }
 
 fn term_kind(term: &str) -> (TermKind, &str) {

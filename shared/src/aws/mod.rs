@@ -63,7 +63,9 @@ where
 
 /// The error code of a service error, for adapters that treat some codes
 /// (not found, condition failed) as answers rather than failures.
-pub(crate) fn service_code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<&str> {
+pub(crate) fn service_code<E: ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+) -> Option<&str> {
     match err {
         SdkError::ServiceError(service) => service.err().code(),
         _ => None,

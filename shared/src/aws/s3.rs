@@ -25,7 +25,14 @@ impl S3ObjectStore {
 #[async_trait]
 impl ObjectStore for S3ObjectStore {
     async fn head(&self, bucket: &str, key: &str) -> PortResult<Option<ObjectMeta>> {
-        match self.client.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some(ObjectMeta {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 content_type: out.content_type().map(str::to_owned),
@@ -57,8 +64,7 @@ impl ObjectStore for S3ObjectStore {
                 )));
             }
             Err(err)
-                if service_status(&err) == Some(404)
-                    || service_code(&err) == Some("NoSuchKey") =>
+                if service_status(&err) == Some(404) || service_code(&err) == Some("NoSuchKey") =>
             {
                 return Err(PortError::NotFound(format!("s3://{bucket}/{key}")));
             }

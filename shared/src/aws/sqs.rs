@@ -89,7 +89,11 @@ impl Queue for SqsQueue {
     }
 
     async fn send(&self, body: &str, attributes: &HashMap<String, String>) -> PortResult<()> {
-        let mut request = self.client.send_message().queue_url(&self.url).message_body(body);
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body);
         for (name, value) in attributes {
             let value = MessageAttributeValue::builder()
                 .data_type("String")
