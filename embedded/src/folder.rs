@@ -334,13 +334,8 @@ impl FolderSource {
                 path = rx.recv() => match path { Some(path) => path, None => break },
             };
             let mut paths = BTreeSet::from([first]);
-            loop {
-                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                    Ok(Some(path)) => {
-                        paths.insert(path);
-                    }
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                paths.insert(path);
             }
             // Our own temporary upload files and hidden paths are not images.
             let paths: Vec<PathBuf> = paths

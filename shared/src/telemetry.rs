@@ -78,6 +78,8 @@ pub fn init(service: &'static str) -> Telemetry {
 pub fn inject(span: &Span) -> HashMap<String, String> {
     let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    // An empty `tracestate` is valid W3C but SQS refuses empty attributes.
+    carrier.retain(|_, value: &mut String| !value.is_empty());
     carrier
 }
 

@@ -260,15 +260,15 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
+    type Records = HashMap<String, ImageRecord>;
+    type Postings = HashMap<(String, String), f32>;
+    type Counts = HashMap<String, i64>;
+
     /// An in-memory `IndexStore` with the port's contract: conditional,
     /// atomic commits and a bounded commit size.
     #[derive(Default)]
     struct MemoryStore {
-        state: Mutex<(
-            HashMap<String, ImageRecord>,
-            HashMap<(String, String), f32>,
-            HashMap<String, i64>,
-        )>,
+        state: Mutex<(Records, Postings, Counts)>,
         max_items: usize,
         commits: Mutex<usize>,
     }

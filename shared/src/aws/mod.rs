@@ -41,7 +41,7 @@ pub async fn load_sdk_config(args: &AwsArgs) -> SdkConfig {
 /// Maps an SDK error to a port error by what retrying can achieve: throttling,
 /// timeouts, connection failures and server faults are transient, the rest
 /// is not.
-pub(crate) fn classify<E>(err: SdkError<E, HttpResponse>) -> PortError
+pub fn classify<E>(err: SdkError<E, HttpResponse>) -> PortError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
@@ -63,16 +63,14 @@ where
 
 /// The error code of a service error, for adapters that treat some codes
 /// (not found, condition failed) as answers rather than failures.
-pub(crate) fn service_code<E: ProvideErrorMetadata>(
-    err: &SdkError<E, HttpResponse>,
-) -> Option<&str> {
+pub fn service_code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<&str> {
     match err {
         SdkError::ServiceError(service) => service.err().code(),
         _ => None,
     }
 }
 
-pub(crate) fn service_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+pub fn service_status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     match err {
         SdkError::ServiceError(service) => Some(service.raw().status().as_u16()),
         _ => None,

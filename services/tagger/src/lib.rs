@@ -1,0 +1,223 @@
+//! The tagger: for each tag job, fetch the generation of the object the job
+//! names, decode it within limits, label it with the configured backend,
+//! apply the tagging policy and hand the outcome to the indexer.
+//!
+//! Every job ends in exactly one of: a `Tagged` or `Failed` message on the
+//! index queue (so the record always says what became of the generation), or
+//! nothing at all when a newer generation exists and its own job will speak
+//! for the object.
+
+pub mod config;
+pub mod decode;
+pub mod policy;
+pub mod pool;
+pub mod rekognition;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use imagetag_shared::consumer::{HandleError, Handler};
+use imagetag_shared::error::PortError;
+use imagetag_shared::messages::{IndexMessage, TagJob};
+use imagetag_shared::model::{ImageFacts, ModelInfo};
+use imagetag_shared::ports::{ObjectStore, Queue, QueueMessage, TaggingBackend};
+use imagetag_shared::telemetry;
+use tracing::Instrument;
+
+use crate::decode::Decoder;
+use crate::policy::Policy;
+
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 50 * 1024 * 1024;
+
+pub struct TaggerService<O: ObjectStore, Q: Queue, B: TaggingBackend> {
+    objects: Arc<O>,
+    index_queue: Arc<Q>,
+    backend: Arc<B>,
+    decoder: Decoder,
+    policy: Arc<Policy>,
+    max_object_bytes: u64,
+}
+
+impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
+    pub fn new(
+        objects: Arc<O>,
+        index_queue: Arc<Q>,
+        backend: Arc<B>,
+        decoder: Decoder,
+        policy: Arc<Policy>,
+        max_object_bytes: u64,
+    ) -> Self {
+        Self {
+            objects,
+            index_queue,
+            backend,
+            decoder,
+            policy,
+            max_object_bytes,
+        }
+    }
+
+    async fn tag(&self, job: &TagJob) -> Result<(), HandleError> {
+        let started = Instant::now();
+
+        // The job already knows the size of this generation: refusing here
+        // saves downloading what would be refused anyway.
+        if job.size > self.max_object_bytes {
+            let reason = format!(
+                "object is {} bytes, over the {}-byte limit",
+                job.size, self.max_object_bytes
+            );
+            return self.reject(job, reason).await;
+        }
+
+        let stage = Instant::now();
+        let bytes = match self
+            .objects
+            .get(
+                &job.bucket,
+                &job.key,
+                job.etag.as_deref(),
+                self.max_object_bytes,
+            )
+            .await
+        {
+            Ok(bytes) => bytes,
+            Err(PortError::Conflict(reason)) => {
+                // The object was replaced after this event; the replacement's
+                // own job tags it, and this generation no longer exists.
+                tracing::info!(%reason, "object changed since the event; skipping this generation");
+                return Ok(());
+            }
+            Err(PortError::NotFound(_)) => {
+                // Deleted since the event. Said explicitly so the record does
+                // not wait as pending forever; the indexer ignores it when a
+                // newer generation (the delete, a re-upload) is recorded.
+                tracing::info!("object no longer exists");
+                return self
+                    .send_failed(job, false, "object no longer exists")
+                    .await;
+            }
+            // `get` refuses with `Invalid` an object over the size limit.
+            Err(PortError::Invalid(reason)) => return self.reject(job, reason).await,
+            Err(err) => return Err(HandleError::Transient(err.to_string())),
+        };
+        let fetch_ms = elapsed_ms(stage);
+        let object_bytes = bytes.len();
+
+        let stage = Instant::now();
+        let image = match self.decoder.decode(bytes).await {
+            Ok(image) => image,
+            Err(err) => {
+                tracing::info!(reason = %err, fetch_ms, object_bytes, "image refused");
+                return self.reject(job, err.to_string()).await;
+            }
+        };
+        let decode_ms = elapsed_ms(stage);
+        let facts = ImageFacts {
+            width: image.rgb.width(),
+            height: image.rgb.height(),
+            format: image.format.clone(),
+        };
+
+        let stage = Instant::now();
+        let output = match self.backend.tag(&image).await {
+            Ok(output) => output,
+            Err(err) if err.is_transient() => return Err(HandleError::Transient(err.to_string())),
+            Err(err) => {
+                // The image decoded but the backend cannot label it (too
+                // small for it, say): a failure, not a rejection.
+                let reason = format!("{} could not tag the image: {err}", self.backend.name());
+                self.send_failed(job, false, &reason).await?;
+                return Err(HandleError::Permanent(reason));
+            }
+        };
+        let tag_ms = elapsed_ms(stage);
+        // The pixels can be large; they are not needed past this point.
+        drop(image);
+
+        let backend_labels = output.labels.len();
+        let output = self.policy.apply(&job.key, output);
+        let labels = output.labels.len();
+        let (width, height) = (facts.width, facts.height);
+        let message = IndexMessage::Tagged {
+            image_id: job.image_id.clone(),
+            sequence: job.sequence.clone(),
+            facts,
+            model: ModelInfo {
+                backend: self.backend.name().to_owned(),
+                version: self.backend.version(),
+            },
+            output,
+        };
+        self.send(&message).await?;
+        tracing::info!(
+            width,
+            height,
+            backend_labels,
+            labels,
+            profile = self.policy.profile_for(&job.key).unwrap_or(""),
+            fetch_ms,
+            decode_ms,
+            tag_ms,
+            total_ms = elapsed_ms(started),
+            "image tagged"
+        );
+        Ok(())
+    }
+
+    /// This generation can never be tagged as it is: the record says why,
+    /// and the job fails permanently so it lands in the dead-letter queue,
+    /// from where it can be re-driven once a limit or decoder changes.
+    async fn reject(&self, job: &TagJob, reason: String) -> Result<(), HandleError> {
+        self.send_failed(job, true, &reason).await?;
+        Err(HandleError::Permanent(reason))
+    }
+
+    async fn send_failed(
+        &self,
+        job: &TagJob,
+        rejected: bool,
+        reason: &str,
+    ) -> Result<(), HandleError> {
+        self.send(&IndexMessage::Failed {
+            image_id: job.image_id.clone(),
+            sequence: job.sequence.clone(),
+            rejected,
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
+    async fn send(&self, message: &IndexMessage) -> Result<(), HandleError> {
+        let body = serde_json::to_string(message)
+            .map_err(|err| HandleError::Permanent(format!("encoding the index message: {err}")))?;
+        // The trace continues at the indexer, beside the body.
+        let attributes = telemetry::inject(&tracing::Span::current());
+        self.index_queue
+            .send(&body, &attributes)
+            .await
+            .map_err(HandleError::from)
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl<O: ObjectStore, Q: Queue, B: TaggingBackend> Handler for TaggerService<O, Q, B> {
+    async fn handle(&self, message: &QueueMessage) -> Result<(), HandleError> {
+        let job: TagJob = serde_json::from_str(&message.body).map_err(|err| {
+            HandleError::Permanent(format!("malformed tag job (expected a JSON TagJob): {err}"))
+        })?;
+        let span = tracing::info_span!(
+            "tag_job",
+            image_id = %job.image_id,
+            bucket = %job.bucket,
+            key = %job.key,
+            sequence = %job.sequence,
+        );
+        self.tag(&job).instrument(span).await
+    }
+}
