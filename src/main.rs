@@ -1,4 +1,8 @@
-//! `imagetag`: the command-line interface to a running imagetag deployment.
+//! `imagetag`: run the whole product on a folder (`up`), or talk to a
+//! running deployment (`search`, `tags`, `redrive`).
+
+mod models;
+mod up;
 
 use std::time::Duration;
 
@@ -22,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Tag a folder of images and serve search over it, all in one process.
+    Up(up::UpArgs),
     /// Search images by tag: `imagetag search dog beach -indoor`.
     Search(SearchArgs),
     /// List tags with their image counts, most used first.
@@ -106,6 +112,15 @@ struct RedriveArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Up(args) => {
+            let telemetry = imagetag_shared::telemetry::init_with(
+                "imagetag",
+                imagetag_shared::telemetry::LogFormat::Human,
+            );
+            let result = up::run(args).await;
+            telemetry.shutdown();
+            result
+        }
         Command::Search(args) => search(args).await,
         Command::Tags(args) => tags(args).await,
         Command::Redrive(args) => redrive(args).await,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct AwsArgs {
     /// Endpoint for every AWS API (for moto or another compatible server);
     /// unset means the real AWS endpoints.

@@ -266,3 +266,24 @@ pub trait SearchStore: Send + Sync + 'static {
 
     async fn ping(&self) -> PortResult<()>;
 }
+
+/// Lets a process choose its backend at run time and still hand the service
+/// one concrete type.
+#[async_trait]
+impl TaggingBackend for Box<dyn TaggingBackend> {
+    fn name(&self) -> &str {
+        self.as_ref().name()
+    }
+
+    fn version(&self) -> String {
+        self.as_ref().version()
+    }
+
+    async fn tag(&self, image: &DecodedImage) -> PortResult<TagOutput> {
+        self.as_ref().tag(image).await
+    }
+
+    async fn ping(&self) -> PortResult<()> {
+        self.as_ref().ping().await
+    }
+}

@@ -28,8 +28,23 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber. Call once, first thing in `main`.
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON lines on stdout, for log pipelines (the services).
+    Json,
+    /// Short human lines on stderr, warnings and up unless `RUST_LOG` says
+    /// otherwise (interactive commands such as `imagetag up`).
+    Human,
+}
+
+/// Installs the global subscriber with JSON logs. Call once, first thing in
+/// `main`.
 pub fn init(service: &'static str) -> Telemetry {
+    init_with(service, LogFormat::Json)
+}
+
+pub fn init_with(service: &'static str, format: LogFormat) -> Telemetry {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service)
         .build();
@@ -52,18 +67,30 @@ pub fn init(service: &'static str) -> Telemetry {
     let tracer = provider.tracer(service);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,aws_smithy_runtime=warn,aws_config=warn,hyper=warn")
+    let default_filter = match format {
+        LogFormat::Json => "info,aws_smithy_runtime=warn,aws_config=warn,hyper=warn",
+        LogFormat::Human => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
     });
-    let logs = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(true);
+    let human = (format == LogFormat::Human).then(|| {
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+    });
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(logs)
+        .with(json)
+        .with(human)
         .with(tracing_opentelemetry::layer().with_tracer(tracer));
     if let Err(err) = registry.try_init() {
         eprintln!("a tracing subscriber was already installed: {err}");
