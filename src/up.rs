@@ -12,16 +12,18 @@ use anyhow::{Context, bail};
 use imagetag_embedded::{FolderSource, LocalBucket, QueueDb, SqliteStore};
 use imagetag_indexer::IndexerService;
 use imagetag_ingest::{IngestConfig, IngestService};
+use imagetag_query::Media;
 use imagetag_shared::consumer::{self, ConsumerConfig};
 use imagetag_shared::ports::TaggingBackend;
-use imagetag_tagger::TaggerService;
 use imagetag_tagger::decode::{DecodeLimits, Decoder};
 use imagetag_tagger::policy::Policy;
 use imagetag_tagger::pool::{CpuPool, cores};
+use imagetag_tagger::{TaggerService, Thumbnails};
 use tokio_util::sync::CancellationToken;
 
 /// The bucket name the folder goes by in records and events.
 pub const LOCAL_BUCKET: &str = "local";
+const THUMBNAILS: &str = "thumbnails";
 const EVENTS: &str = "events";
 const TAG_JOBS: &str = "tag-jobs";
 const INDEX: &str = "index";
@@ -48,7 +50,12 @@ pub struct UpArgs {
     #[arg(long, env = "IMAGETAG_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    #[arg(long, env = "IMAGETAG_TAGGER_BACKEND", value_enum, default_value = "local")]
+    #[arg(
+        long,
+        env = "IMAGETAG_TAGGER_BACKEND",
+        value_enum,
+        default_value = "local"
+    )]
     pub backend: Backend,
 
     /// Folder of the prepared built-in models.
@@ -119,15 +126,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 async fn load_backend(args: &UpArgs) -> anyhow::Result<Box<dyn TaggingBackend>> {
     match args.backend {
-        Backend::Local => crate::models::load_local_backend(args.model_dir.as_deref(), args.workers),
+        Backend::Local => {
+            crate::models::load_local_backend(args.model_dir.as_deref(), args.workers)
+        }
         Backend::Rekognition => {
             let sdk = imagetag_shared::aws::load_sdk_config(&Default::default()).await;
             let policy = load_policy(args)?;
-            Ok(Box::new(imagetag_tagger::rekognition::RekognitionBackend::new(
-                aws_sdk_rekognition::Client::new(&sdk),
-                &policy.backend_filter(),
-                CpuPool::per_core(),
-            )))
+            Ok(Box::new(
+                imagetag_tagger::rekognition::RekognitionBackend::new(
+                    aws_sdk_rekognition::Client::new(&sdk),
+                    &policy.backend_filter(),
+                    CpuPool::per_core(),
+                ),
+            ))
         }
     }
 }
@@ -169,14 +180,24 @@ pub async fn serve(
         },
     ));
     let pool = CpuPool::new(workers);
-    let tagger = Arc::new(TaggerService::new(
-        Arc::new(bucket.clone()),
-        index.clone(),
-        Arc::new(backend),
-        Decoder::new(DecodeLimits::default(), pool),
-        Arc::new(load_policy(args)?),
-        args.max_object_bytes,
-    ));
+    let thumbnails = LocalBucket::new(THUMBNAILS, data.join("thumbnails"));
+    std::fs::create_dir_all(thumbnails.root()).context("creating the thumbnails folder")?;
+    let tagger = Arc::new(
+        TaggerService::new(
+            Arc::new(bucket.clone()),
+            index.clone(),
+            Arc::new(backend),
+            Decoder::new(DecodeLimits::default(), pool),
+            Arc::new(load_policy(args)?),
+            args.max_object_bytes,
+        )
+        .with_thumbnails(Thumbnails {
+            store: Arc::new(thumbnails.clone()),
+            bucket: THUMBNAILS.into(),
+            prefix: String::new(),
+            max_side: 320,
+        }),
+    );
     let indexer = Arc::new(IndexerService::new(store.clone()));
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -186,7 +207,18 @@ pub async fn serve(
         Some(secret) => secret.as_bytes().to_vec(),
         None => rand_secret(),
     };
-    let state = imagetag_query::AppState::new(Arc::new(store.clone()), &secret);
+    let state = imagetag_query::AppState::new(Arc::new(store.clone()), &secret).with_media(Media {
+        objects: Arc::new(bucket.clone()),
+        bucket: LOCAL_BUCKET.into(),
+        upload_prefix: "uploads/".into(),
+        thumbnails: Arc::new(thumbnails),
+        thumbnail_bucket: THUMBNAILS.into(),
+        thumbnail_prefix: String::new(),
+        signer: None,
+        max_upload_bytes: args.max_object_bytes,
+        upload_ttl: Duration::from_secs(600),
+        secret: secret.clone(),
+    });
     let api = axum::serve(listener, imagetag_query::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     println!(
@@ -217,7 +249,13 @@ pub async fn serve(
     let consumers = async {
         tokio::join!(
             consumer::run(EVENTS, events, ingest, config(8), shutdown.clone()),
-            consumer::run(TAG_JOBS, tag_jobs, tagger, config(workers), shutdown.clone()),
+            consumer::run(
+                TAG_JOBS,
+                tag_jobs,
+                tagger,
+                config(workers),
+                shutdown.clone()
+            ),
             consumer::run(INDEX, index, indexer, config(8), shutdown.clone()),
         )
     };
@@ -254,8 +292,8 @@ async fn report_progress(queues: QueueDb, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let waiting = queues.depth(TAG_JOBS).await.unwrap_or(0)
-            + queues.depth(EVENTS).await.unwrap_or(0);
+        let waiting =
+            queues.depth(TAG_JOBS).await.unwrap_or(0) + queues.depth(EVENTS).await.unwrap_or(0);
         if waiting == 0 {
             if busy {
                 println!("imagetag: all caught up");

@@ -175,6 +175,98 @@ async fn images_pushed_to_the_bucket_become_searchable_and_failures_are_accounte
     let (_, tags) = get_json(&http, &pipeline.api("/v1/tags")).await;
     assert_eq!(tag_count(&tags), Some(4), "{tags}");
 
+    // Thumbnails were made by the tagger; originals are served as images.
+    let cat_id = image_id(&bucket, "uploads/cat 1.jpg");
+    let thumbnail = http
+        .get(pipeline.api(&format!("/v1/images/{cat_id}/thumbnail")))
+        .send()
+        .await
+        .expect("thumbnail");
+    assert_eq!(thumbnail.status(), 200);
+    assert_eq!(thumbnail.headers()["content-type"], "image/jpeg");
+    let thumb = image::load_from_memory(&thumbnail.bytes().await.expect("bytes")).expect("a JPEG");
+    assert_eq!(
+        (thumb.width(), thumb.height()),
+        (64, 48),
+        "small images keep their size"
+    );
+    let content = http
+        .get(pipeline.api(&format!("/v1/images/{cat_id}/content")))
+        .send()
+        .await
+        .expect("content");
+    assert_eq!(content.headers()["content-type"], "image/jpeg");
+    assert_eq!(content.bytes().await.expect("bytes").to_vec(), images[0].1);
+
+    // A browser-style upload: ask the API, PUT to the presigned S3 URL.
+    let upload_body = png(120, 80, 77);
+    let ticket: Value = http
+        .post(pipeline.api("/v1/uploads"))
+        .json(&serde_json::json!({
+            "filename": "holiday snap.png",
+            "content_type": "image/png",
+            "size": upload_body.len(),
+        }))
+        .send()
+        .await
+        .expect("upload ticket")
+        .json()
+        .await
+        .expect("ticket json");
+    let uploaded_key = ticket["key"].as_str().expect("key").to_owned();
+    assert!(uploaded_key.starts_with("uploads/"), "{ticket}");
+    let mut request = http.put(ticket["upload"]["url"].as_str().expect("url"));
+    for (name, value) in ticket["upload"]["headers"].as_object().expect("headers") {
+        request = request.header(name.as_str(), value.as_str().expect("header value"));
+    }
+    let stored = request
+        .body(upload_body.clone())
+        .send()
+        .await
+        .expect("presigned PUT");
+    assert!(
+        stored.status().is_success(),
+        "presigned PUT: {}",
+        stored.status()
+    );
+    let uploaded_id = ticket["image_id"].as_str().expect("image id").to_owned();
+    eventually(&pipeline, "the uploaded image to be tagged", || {
+        let http = http.clone();
+        let url = pipeline.api(&format!("/v1/images/{uploaded_id}"));
+        async move {
+            let (status, body) = get_json(&http, &url).await;
+            (status == 200 && body["status"] == "tagged").then_some(())
+        }
+    })
+    .await;
+    // The URL is signed for that object only: its type and length are part
+    // of the signature (S3 enforces it; moto does not check signatures).
+    let signed: Vec<String> = ticket["upload"]["headers"]
+        .as_object()
+        .expect("headers")
+        .keys()
+        .map(|k| k.to_ascii_lowercase())
+        .collect();
+    assert!(signed.contains(&"content-type".to_owned()), "{ticket}");
+    assert!(signed.contains(&"content-length".to_owned()), "{ticket}");
+    let url = ticket["upload"]["url"].as_str().expect("url");
+    assert!(url.contains("X-Amz-Expires=300"), "short-lived: {url}");
+    s3.delete_object()
+        .bucket(&bucket)
+        .key(&uploaded_key)
+        .send()
+        .await
+        .expect("delete upload");
+    eventually(&pipeline, "the upload's deletion", || {
+        let http = http.clone();
+        let url = pipeline.api(&format!("/v1/images/{uploaded_id}"));
+        async move { (get_json(&http, &url).await.0 == 404).then_some(()) }
+    })
+    .await;
+
+    let (_, stats) = get_json(&http, &pipeline.api("/v1/stats")).await;
+    assert_eq!(stats["images"]["tagged"], 4, "{stats}");
+
     // Deleting an object removes it from search, the record and the counts.
     s3.delete_object()
         .bucket(&bucket)

@@ -533,6 +533,28 @@ impl SearchStore for SqliteStore {
         .await
     }
 
+    async fn status_counts(&self) -> PortResult<HashMap<ImageStatus, u64>> {
+        self.read(|db| {
+            let mut statement = db
+                .prepare_cached("SELECT status, COUNT(*) FROM images GROUP BY status")
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .map_err(db_error)?;
+            let mut counts = HashMap::new();
+            for row in rows {
+                let (status, count) = row.map_err(db_error)?;
+                if let Some(status) = ImageStatus::parse(&status) {
+                    counts.insert(status, count.max(0) as u64);
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn list_terms(
         &self,
         kind: TermKind,

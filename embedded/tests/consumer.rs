@@ -36,7 +36,9 @@ impl Handler for Scripted {
     async fn handle(&self, message: &QueueMessage) -> Result<(), HandleError> {
         let call = self.recorder.calls.fetch_add(1, Ordering::SeqCst);
         let now = self.recorder.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
-        self.recorder.max_concurrent.fetch_max(now, Ordering::SeqCst);
+        self.recorder
+            .max_concurrent
+            .fetch_max(now, Ordering::SeqCst);
         self.recorder
             .seen
             .lock()
@@ -143,7 +145,12 @@ async fn transient_failures_retry_in_place_and_permanent_ones_dead_letter() {
     run.await.expect("consumer");
     assert_eq!(recorder.calls.load(Ordering::SeqCst), 6);
     assert!(
-        recorder.seen.lock().await.iter().all(|(_, count)| *count == 1),
+        recorder
+            .seen
+            .lock()
+            .await
+            .iter()
+            .all(|(_, count)| *count == 1),
         "five transient failures cost no redelivery"
     );
     assert_eq!(db.depth("flaky-dlq").await.expect("depth"), 0);
@@ -170,7 +177,11 @@ async fn transient_failures_retry_in_place_and_permanent_ones_dead_letter() {
     .await;
     shutdown.cancel();
     run.await.expect("consumer");
-    assert_eq!(recorder.calls.load(Ordering::SeqCst), 3, "bounded redeliveries");
+    assert_eq!(
+        recorder.calls.load(Ordering::SeqCst),
+        3,
+        "bounded redeliveries"
+    );
     assert_eq!(db.depth("poison").await.expect("depth"), 0);
 }
 
@@ -180,7 +191,10 @@ async fn stopping_releases_unfinished_work_for_the_next_consumer() {
     let db = QueueDb::open(&dir.path().join("q.db")).expect("db");
     let queue = Arc::new(db.queue("jobs", None, 5));
     for i in 0..3 {
-        queue.send(&format!("job-{i}"), &HashMap::new()).await.expect("send");
+        queue
+            .send(&format!("job-{i}"), &HashMap::new())
+            .await
+            .expect("send");
     }
     let recorder = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
@@ -209,5 +223,9 @@ async fn stopping_releases_unfinished_work_for_the_next_consumer() {
         .receive(10, Duration::ZERO, Duration::from_secs(60))
         .await
         .expect("receive");
-    assert_eq!(again.len(), 3, "every unfinished message is available again");
+    assert_eq!(
+        again.len(),
+        3,
+        "every unfinished message is available again"
+    );
 }

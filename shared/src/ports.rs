@@ -255,6 +255,10 @@ pub trait SearchStore: Send + Sync + 'static {
     /// Image counts of the given terms (absent terms count 0).
     async fn term_counts(&self, terms: &[String]) -> PortResult<HashMap<String, u64>>;
 
+    /// How many records are in each status (statuses with none may be left
+    /// out). Counting can be costly on large tables; callers cache it.
+    async fn status_counts(&self) -> PortResult<HashMap<ImageStatus, u64>>;
+
     /// Terms of `kind`: by name when `prefix` is given, else most used first.
     /// Terms no image uses any more are left out.
     async fn list_terms(
@@ -265,6 +269,27 @@ pub trait SearchStore: Send + Sync + 'static {
     ) -> PortResult<Vec<TermCount>>;
 
     async fn ping(&self) -> PortResult<()>;
+}
+
+/// A short-lived URL a client can PUT one object to, straight to storage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PresignedUpload {
+    pub url: String,
+    /// Headers the PUT must carry exactly as given (they are signed).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Issues presigned uploads (S3). Without one, uploads go through the API.
+#[async_trait]
+pub trait UploadSigner: Send + Sync + 'static {
+    async fn presign_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        expires_in: Duration,
+    ) -> PortResult<PresignedUpload>;
 }
 
 /// Lets a process choose its backend at run time and still hand the service

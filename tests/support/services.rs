@@ -106,6 +106,8 @@ impl Pipeline {
             ("IMAGETAG_POSTINGS_TABLE", stack.output("PostingsTableName")),
             ("IMAGETAG_TAGS_TABLE", stack.output("TagsTableName")),
             ("IMAGETAG_TAGGER_BACKEND", "rekognition"),
+            ("IMAGETAG_BUCKET", stack.output("BucketName")),
+            ("IMAGETAG_THUMBNAIL_BUCKET", stack.output("BucketName")),
             // Short polls keep the tests quick; production uses 20 s.
             ("IMAGETAG_RECEIVE_WAIT_SECONDS", "1"),
             ("IMAGETAG_SHUTDOWN_GRACE_SECONDS", "10"),

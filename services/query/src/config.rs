@@ -44,6 +44,27 @@ pub struct Config {
     /// as `https://photos.example.com`; unset means same-origin only.
     #[arg(long, env = "IMAGETAG_CORS_ORIGINS")]
     pub cors_origins: Option<String>,
+
+    /// Bucket of the images: enables `/content`, `/thumbnail` and
+    /// presigned uploads. Unset, the API serves search only.
+    #[arg(long, env = "IMAGETAG_BUCKET")]
+    pub bucket: Option<String>,
+
+    /// Key prefix presigned uploads are limited to.
+    #[arg(long, env = "IMAGETAG_UPLOAD_PREFIX", default_value = "uploads/")]
+    pub upload_prefix: String,
+
+    /// Key prefix of the tagger's thumbnails in the bucket.
+    #[arg(long, env = "IMAGETAG_THUMBNAIL_PREFIX", default_value = "thumbnails/")]
+    pub thumbnail_prefix: String,
+
+    /// Largest upload accepted, in bytes.
+    #[arg(long, env = "IMAGETAG_MAX_UPLOAD_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+
+    /// Lifetime of a presigned upload URL, in seconds.
+    #[arg(long, env = "IMAGETAG_UPLOAD_TTL_SECONDS", default_value_t = 300)]
+    pub upload_ttl_seconds: u64,
 }
 
 /// A secret that never shows up in `Debug` output or logs.

@@ -3,7 +3,7 @@
 //! `{ "error": { "code": "...", "message": "..." } }`.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use imagetag_shared::PortError;
@@ -38,6 +38,21 @@ impl ApiError {
             code: "invalid_parameter",
             message: message.into(),
         }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::Internal(detail.into())
     }
 
     pub fn invalid_cursor(message: impl Into<String>) -> Self {
@@ -122,5 +137,11 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         Self::invalid_parameter(rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::bad_request("invalid_body", rejection.body_text())
     }
 }

@@ -4,12 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use imagetag_shared::model::ImageStatus;
 use imagetag_shared::ports::{SearchStore, TermKind};
@@ -23,6 +25,7 @@ use tracing::Span;
 
 use crate::cursor::CursorCodec;
 use crate::error::ApiError;
+use crate::media::{Media, UploadRequest};
 use crate::params::{SearchParams, TagParams, validate_image_id};
 use crate::search::{self, DEFAULT_EXAMINE_BUDGET, SearchPage};
 
@@ -39,6 +42,7 @@ pub struct AppState<S> {
     examine_budget: usize,
     request_timeout: Duration,
     cors_origins: Vec<HeaderValue>,
+    media: Option<Arc<Media>>,
 }
 
 // Manual: a derive would demand `S: Clone`, and the store is shared by Arc.
@@ -50,6 +54,7 @@ impl<S> Clone for AppState<S> {
             examine_budget: self.examine_budget,
             request_timeout: self.request_timeout,
             cors_origins: self.cors_origins.clone(),
+            media: self.media.clone(),
         }
     }
 }
@@ -64,7 +69,14 @@ impl<S: SearchStore> AppState<S> {
             examine_budget: DEFAULT_EXAMINE_BUDGET,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             cors_origins: Vec::new(),
+            media: None,
         }
+    }
+
+    /// Serves originals, thumbnails and uploads from `media`.
+    pub fn with_media(mut self, media: Media) -> Self {
+        self.media = Some(Arc::new(media));
+        self
     }
 
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
@@ -89,19 +101,30 @@ impl<S: SearchStore> AppState<S> {
 pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
     let timeout = state.request_timeout;
     let cors_origins = state.cors_origins.clone();
+    let body_limit = state.media.as_ref().map_or(MAX_BODY_BYTES, |m| {
+        MAX_BODY_BYTES.max(m.max_upload_bytes as usize)
+    });
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
         .route("/v1/images", get(search_images::<S>))
         .route("/v1/images/{id}", get(get_image::<S>))
         .route("/v1/tags", get(list_tags::<S>))
+        .route("/v1/stats", get(get_stats::<S>))
+        .route("/v1/images/{id}/content", get(get_content::<S>))
+        .route("/v1/images/{id}/thumbnail", get(get_thumbnail::<S>))
+        .route("/v1/uploads", post(start_upload::<S>))
+        .route(
+            "/v1/uploads/{token}",
+            put(finish_upload::<S>).layer(DefaultBodyLimit::max(body_limit)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         // Innermost first: the timeout covers only the handler, so errors
         // from the outer layers are never cut short.
         .layer(middleware::from_fn_with_state(timeout, enforce_timeout))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(middleware::map_response(payload_too_large_as_json));
     // Outside the limits, so browsers can read the error responses too.
     let router = if cors_origins.is_empty() {
@@ -110,7 +133,8 @@ pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
         router.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(cors_origins))
-                .allow_methods([Method::GET, Method::HEAD])
+                .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT])
+                .allow_headers([axum::http::header::CONTENT_TYPE])
                 .max_age(Duration::from_secs(600)),
         )
     };
@@ -274,4 +298,54 @@ async fn list_tags<S: SearchStore>(
         })
         .collect();
     Ok(Json(TagList { items }))
+}
+
+fn media<S>(state: &AppState<S>) -> Result<Arc<Media>, ApiError> {
+    state
+        .media
+        .clone()
+        .ok_or_else(|| ApiError::not_found("this deployment serves no image content"))
+}
+
+async fn get_stats<S: SearchStore>(
+    State(state): State<AppState<S>>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(crate::media::stats(state.store.as_ref()).await?))
+}
+
+async fn get_content<S: SearchStore>(
+    State(state): State<AppState<S>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    validate_image_id(&id)?;
+    media(&state)?.content(state.store.as_ref(), &id).await
+}
+
+async fn get_thumbnail<S: SearchStore>(
+    State(state): State<AppState<S>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    validate_image_id(&id)?;
+    media(&state)?.thumbnail(&id).await
+}
+
+async fn start_upload<S: SearchStore>(
+    State(state): State<AppState<S>>,
+    request: Result<Json<UploadRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = request?;
+    let ticket = media(&state)?.start_upload(request).await?;
+    Ok((StatusCode::CREATED, Json(ticket)).into_response())
+}
+
+async fn finish_upload<S: SearchStore>(
+    State(state): State<AppState<S>>,
+    ApiPath(token): ApiPath<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    media(&state)?
+        .finish_upload(&token, headers.get(axum::http::header::CONTENT_TYPE), body)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

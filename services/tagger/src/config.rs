@@ -92,6 +92,14 @@ pub struct Config {
     /// Images decoded or re-encoded at once; defaults to the number of cores.
     #[arg(long, env = "IMAGETAG_DECODE_CONCURRENCY")]
     pub decode_concurrency: Option<usize>,
+
+    /// Bucket for thumbnails (usually the images bucket); unset, none are made.
+    #[arg(long, env = "IMAGETAG_THUMBNAIL_BUCKET")]
+    pub thumbnail_bucket: Option<String>,
+
+    /// Key prefix of thumbnails; ingest skips keys under it.
+    #[arg(long, env = "IMAGETAG_THUMBNAIL_PREFIX", default_value = "thumbnails/")]
+    pub thumbnail_prefix: String,
 }
 
 impl Config {

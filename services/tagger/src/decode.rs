@@ -310,6 +310,10 @@ impl Decoder {
         Self { limits, pool }
     }
 
+    pub fn pool(&self) -> &CpuPool {
+        &self.pool
+    }
+
     pub fn limits(&self) -> &DecodeLimits {
         &self.limits
     }

@@ -30,7 +30,19 @@ use crate::policy::Policy;
 
 pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 50 * 1024 * 1024;
 
+/// Where the tagger leaves a small JPEG of every image it tags, so result
+/// grids never download originals.
+pub struct Thumbnails {
+    pub store: Arc<dyn ObjectStore>,
+    pub bucket: String,
+    /// Keys are `{prefix}{image_id}.jpg`.
+    pub prefix: String,
+    /// Longest side, in pixels.
+    pub max_side: u32,
+}
+
 pub struct TaggerService<O: ObjectStore, Q: Queue, B: TaggingBackend> {
+    thumbnails: Option<Thumbnails>,
     objects: Arc<O>,
     index_queue: Arc<Q>,
     backend: Arc<B>,
@@ -49,6 +61,7 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
         max_object_bytes: u64,
     ) -> Self {
         Self {
+            thumbnails: None,
             objects,
             index_queue,
             backend,
@@ -56,6 +69,41 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
             policy,
             max_object_bytes,
         }
+    }
+
+    pub fn with_thumbnails(mut self, thumbnails: Thumbnails) -> Self {
+        self.thumbnails = Some(thumbnails);
+        self
+    }
+
+    /// Makes and stores the thumbnail. A failure costs the grid a picture,
+    /// not the image its tags, so it is logged rather than retried.
+    async fn store_thumbnail(&self, job: &TagJob, rgb: &image::RgbImage) -> u64 {
+        let Some(thumbnails) = &self.thumbnails else {
+            return 0;
+        };
+        let stage = Instant::now();
+        let max_side = thumbnails.max_side.max(16);
+        let encoded = self
+            .decoder
+            .pool()
+            .run_borrowed(|| thumbnail_jpeg(rgb, max_side))
+            .await;
+        let result = match encoded {
+            Ok(bytes) => {
+                let key = format!("{}{}.jpg", thumbnails.prefix, job.image_id);
+                thumbnails
+                    .store
+                    .put(&thumbnails.bucket, &key, bytes.into(), "image/jpeg")
+                    .await
+                    .map_err(|err| err.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(reason) = result {
+            tracing::warn!(%reason, "thumbnail not stored");
+        }
+        elapsed_ms(stage)
     }
 
     async fn tag(&self, job: &TagJob) -> Result<(), HandleError> {
@@ -133,6 +181,7 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
             }
         };
         let tag_ms = elapsed_ms(stage);
+        let thumbnail_ms = self.store_thumbnail(job, &image.rgb).await;
         // The pixels can be large; they are not needed past this point.
         drop(image);
 
@@ -160,6 +209,7 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
             fetch_ms,
             decode_ms,
             tag_ms,
+            thumbnail_ms,
             total_ms = elapsed_ms(started),
             "image tagged"
         );
@@ -220,4 +270,18 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> Handler for TaggerService<O, Q
         );
         self.tag(&job).instrument(span).await
     }
+}
+
+/// A JPEG no larger than `max_side` on its longer side.
+pub fn thumbnail_jpeg(rgb: &image::RgbImage, max_side: u32) -> image::ImageResult<Vec<u8>> {
+    let (width, height) = rgb.dimensions();
+    let scale = (max_side as f32 / width.max(height).max(1) as f32).min(1.0);
+    let (w, h) = (
+        ((width as f32 * scale).round() as u32).max(1),
+        ((height as f32 * scale).round() as u32).max(1),
+    );
+    let small = image::imageops::thumbnail(rgb, w, h);
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&small)?;
+    Ok(out.into_inner())
 }

@@ -10,12 +10,12 @@ use imagetag_shared::consumer;
 use imagetag_shared::health::{self, ReadinessCheck};
 use imagetag_shared::ports::{Queue, TaggingBackend};
 use imagetag_shared::telemetry;
-use imagetag_tagger::TaggerService;
 use imagetag_tagger::config::{BackendKind, Config};
 use imagetag_tagger::decode::Decoder;
 use imagetag_tagger::policy::Policy;
 use imagetag_tagger::pool::{CpuPool, cores};
 use imagetag_tagger::rekognition::RekognitionBackend;
+use imagetag_tagger::{TaggerService, Thumbnails};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -84,14 +84,23 @@ async fn serve<B: TaggingBackend>(
     let tag_queue = Arc::new(SqsQueue::new(sqs.clone(), &config.tag_queue_url));
     let index_queue = Arc::new(SqsQueue::new(sqs, &config.index_queue_url));
 
-    let service = Arc::new(TaggerService::new(
-        objects,
+    let mut service = TaggerService::new(
+        objects.clone(),
         index_queue.clone(),
         backend.clone(),
         Decoder::new(config.decode_limits(), pool),
         policy,
         config.max_object_bytes,
-    ));
+    );
+    if let Some(bucket) = &config.thumbnail_bucket {
+        service = service.with_thumbnails(Thumbnails {
+            store: objects,
+            bucket: bucket.clone(),
+            prefix: config.thumbnail_prefix.clone(),
+            max_side: 320,
+        });
+    }
+    let service = Arc::new(service);
 
     let readiness: ReadinessCheck = {
         let tag_queue = tag_queue.clone();

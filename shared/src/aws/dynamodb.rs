@@ -540,6 +540,41 @@ impl SearchStore for DynamoStore {
         Ok(counts)
     }
 
+    async fn status_counts(&self) -> PortResult<HashMap<ImageStatus, u64>> {
+        let mut counts = HashMap::new();
+        for status in [
+            ImageStatus::Pending,
+            ImageStatus::Tagged,
+            ImageStatus::Rejected,
+            ImageStatus::Failed,
+        ] {
+            let mut total = 0u64;
+            let mut start: Option<Item> = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.tables.images)
+                    .index_name(STATUS_INDEX)
+                    .key_condition_expression("#status = :status")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(status.as_str()))
+                    .select(aws_sdk_dynamodb::types::Select::Count)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                total += out.count.max(0) as u64;
+                match out.last_evaluated_key {
+                    Some(key) => start = Some(key),
+                    None => break,
+                }
+            }
+            counts.insert(status, total);
+        }
+        Ok(counts)
+    }
+
     async fn list_terms(
         &self,
         kind: TermKind,

@@ -114,3 +114,37 @@ impl ObjectStore for S3ObjectStore {
         Ok(())
     }
 }
+
+#[async_trait]
+impl crate::ports::UploadSigner for S3ObjectStore {
+    async fn presign_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        size: u64,
+        expires_in: std::time::Duration,
+    ) -> PortResult<crate::ports::PresignedUpload> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(PortError::invalid)?;
+        // Content type and length are signed: the URL accepts exactly the
+        // object that was announced, nothing bigger and nothing else.
+        let request = self
+            .client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(i64::try_from(size).map_err(PortError::invalid)?)
+            .presigned(config)
+            .await
+            .map_err(classify)?;
+        Ok(crate::ports::PresignedUpload {
+            url: request.uri().to_owned(),
+            headers: request
+                .headers()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+        })
+    }
+}

@@ -325,6 +325,14 @@ impl SearchStore for MemoryStore {
             .collect())
     }
 
+    async fn status_counts(&self) -> PortResult<HashMap<ImageStatus, u64>> {
+        let mut counts = HashMap::new();
+        for record in self.lock().images.values() {
+            *counts.entry(record.status).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
     async fn list_terms(
         &self,
         kind: TermKind,
