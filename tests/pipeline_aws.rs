@@ -267,6 +267,45 @@ async fn images_pushed_to_the_bucket_become_searchable_and_failures_are_accounte
     let (_, stats) = get_json(&http, &pipeline.api("/v1/stats")).await;
     assert_eq!(stats["images"]["tagged"], 4, "{stats}");
 
+    // One upload is one trace: ingest, tagger and indexer log the trace id
+    // that travelled with the messages.
+    let trace_of = |service: &str, message: &str| -> Option<String> {
+        pipeline
+            .processes
+            .iter()
+            .find(|p| p.name == service)
+            .map(|p| p.log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|entry| entry["message"] == message && line_mentions(entry, &cat_id))
+            .find_map(|entry| trace_id_of(&entry))
+    };
+    let ingest_trace = trace_of("ingest", "queued for tagging").expect("ingest logged a trace id");
+    assert_eq!(ingest_trace.len(), 32, "{ingest_trace}");
+    assert_eq!(trace_of("tagger", "image tagged").as_deref(), Some(ingest_trace.as_str()));
+    assert_eq!(trace_of("indexer", "indexed").as_deref(), Some(ingest_trace.as_str()));
+
+    // Every service exposes its Prometheus metrics.
+    for (service, expected) in [
+        ("ingest", "imagetag_messages_processed_total{queue=\"events\"}"),
+        ("tagger", "imagetag_images_tagged_total{backend=\"rekognition\"}"),
+        ("tagger", "imagetag_tagger_stage_seconds_bucket{"),
+        ("indexer", "imagetag_message_processing_seconds_count{queue=\"index\"}"),
+        ("query", "imagetag_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/images\",status=\"200\"}"),
+    ] {
+        let port = pipeline.processes.iter().find(|p| p.name == service).expect("running").health_port;
+        let text = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        assert!(text.contains(expected), "{service} /metrics lacks {expected}:\n{text}");
+    }
+
     // Deleting an object removes it from search, the record and the counts.
     s3.delete_object()
         .bucket(&bucket)
@@ -421,6 +460,23 @@ async fn images_pushed_to_the_bucket_become_searchable_and_failures_are_accounte
             "{key}"
         );
     }
+}
+
+/// Whether a JSON log line is about `image_id` (as a field of the event or
+/// of one of its spans).
+fn line_mentions(entry: &Value, image_id: &str) -> bool {
+    entry["image_id"] == image_id
+        || entry["spans"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|s| s["image_id"] == image_id))
+}
+
+fn trace_id_of(entry: &Value) -> Option<String> {
+    entry["spans"]
+        .as_array()?
+        .iter()
+        .find_map(|s| s["trace_id"].as_str().filter(|t| !t.is_empty()))
+        .map(str::to_owned)
 }
 
 async fn receive_bodies(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<String> {

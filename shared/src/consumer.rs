@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
 use crate::error::PortError;
+use crate::metrics;
 use crate::ports::{Queue, QueueMessage};
 use crate::telemetry;
 
@@ -140,6 +141,10 @@ pub async fn run<Q: Queue + ?Sized, H: Handler>(
                 continue;
             }
         };
+        metrics::metrics()
+            .messages_received
+            .get_or_create(&metrics::queue(name))
+            .inc_by(messages.len() as u64);
         for message in messages {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 // Cannot happen (we asked for at most `free`), but if it did
@@ -221,11 +226,21 @@ async fn process<Q: Queue + ?Sized, H: Handler>(
     in_flight: Arc<Mutex<HashMap<String, String>>>,
 ) {
     let started = std::time::Instant::now();
+    let labels = metrics::queue(name);
+    let in_flight_gauge = metrics::metrics().messages_in_flight.get_or_create(&labels).clone();
+    in_flight_gauge.inc();
     let attempts = async {
         let mut attempt = 0u32;
         loop {
             match handler.handle(&message).await {
                 Err(HandleError::Transient(reason)) => {
+                    metrics::metrics()
+                        .messages_failed
+                        .get_or_create(&metrics::FailureLabels {
+                            queue: name.to_owned(),
+                            kind: "transient".to_owned(),
+                        })
+                        .inc();
                     attempt += 1;
                     let delay =
                         backoff(attempt, Duration::from_millis(100), config.max_retry_delay);
@@ -254,12 +269,26 @@ async fn process<Q: Queue + ?Sized, H: Handler>(
         }
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    in_flight_gauge.dec();
+    let registry = metrics::metrics();
+    registry
+        .message_processing_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     match outcome {
         Some(Ok(())) => {
+            registry.messages_processed.get_or_create(&labels).inc();
             tracing::debug!(elapsed_ms, "message processed");
             let _ = acks.send(message.receipt.clone());
         }
         Some(Err(err)) => {
+            registry
+                .messages_failed
+                .get_or_create(&metrics::FailureLabels {
+                    queue: name.to_owned(),
+                    kind: "permanent".to_owned(),
+                })
+                .inc();
             let delay = backoff(
                 message.receive_count.saturating_sub(1),
                 Duration::from_secs(1),

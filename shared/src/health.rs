@@ -1,5 +1,5 @@
-//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer)
-//! for the consumers, which have no other HTTP surface.
+//! `/healthz` (the process is alive), `/readyz` (its dependencies answer)
+//! and `/metrics` for the consumers, which have no other HTTP surface.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +26,7 @@ pub fn router(readiness: ReadinessCheck) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::handler))
         .with_state(readiness)
 }
 

@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod error;
 pub mod health;
 pub mod messages;
+pub mod metrics;
 pub mod model;
 pub mod ports;
 pub mod telemetry;

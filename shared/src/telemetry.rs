@@ -78,7 +78,7 @@ pub fn init_with(service: &'static str, format: LogFormat) -> Telemetry {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_target(true)
     });
     let human = (format == LogFormat::Human).then(|| {

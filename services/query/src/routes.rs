@@ -107,6 +107,7 @@ pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(imagetag_shared::metrics::handler))
         .route("/v1/images", get(search_images::<S>))
         .route("/v1/images/{id}", get(get_image::<S>))
         .route("/v1/tags", get(list_tags::<S>))
@@ -118,6 +119,9 @@ pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
             "/v1/uploads/{token}",
             put(finish_upload::<S>).layer(DefaultBodyLimit::max(body_limit)),
         )
+        // After routing, so the route template (not the raw path, which
+        // holds ids) labels the latency histogram.
+        .route_layer(middleware::from_fn(record_request_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -348,4 +352,23 @@ async fn finish_upload<S: SearchStore>(
         .finish_upload(&token, headers.get(axum::http::header::CONTENT_TYPE), body)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn record_request_metrics(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    imagetag_shared::metrics::metrics()
+        .http_request_duration_seconds
+        .get_or_create(&imagetag_shared::metrics::HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
 }

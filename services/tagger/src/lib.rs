@@ -22,7 +22,7 @@ use imagetag_shared::error::PortError;
 use imagetag_shared::messages::{IndexMessage, TagJob};
 use imagetag_shared::model::{ImageFacts, ModelInfo};
 use imagetag_shared::ports::{ObjectStore, Queue, QueueMessage, TaggingBackend};
-use imagetag_shared::telemetry;
+use imagetag_shared::{metrics, telemetry};
 use tracing::Instrument;
 
 use crate::decode::Decoder;
@@ -200,6 +200,21 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
             output,
         };
         self.send(&message).await?;
+        for (stage, ms) in [
+            ("fetch", fetch_ms),
+            ("decode", decode_ms),
+            ("tag", tag_ms),
+            ("thumbnail", thumbnail_ms),
+            ("total", elapsed_ms(started)),
+        ] {
+            metrics::observe_stage(stage, std::time::Duration::from_millis(ms));
+        }
+        metrics::metrics()
+            .images_tagged
+            .get_or_create(&metrics::BackendLabels {
+                backend: self.backend.name().to_owned(),
+            })
+            .inc();
         tracing::info!(
             width,
             height,
