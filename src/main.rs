@@ -1,6 +1,7 @@
 //! `imagetag`: run the whole product on a folder (`up`), or talk to a
 //! running deployment (`search`, `tags`, `redrive`).
 
+mod chart;
 mod models;
 mod up;
 
@@ -32,6 +33,8 @@ enum Command {
     Search(SearchArgs),
     /// List tags with their image counts, most used first.
     Tags(TagsArgs),
+    /// Totals and the tag distribution; `--plot tags.png` draws it.
+    Stats(StatsArgs),
     /// Move dead-lettered messages back to their queue after a fix.
     Redrive(RedriveArgs),
 }
@@ -49,7 +52,8 @@ struct ApiArgs {
 
 #[derive(Debug, clap::Args)]
 struct SearchArgs {
-    /// Tags to match; prefix with `-` to exclude (after `--` if it is the first).
+    /// Tags to match; prefix with `-` to exclude. Options go before the tags
+    /// (everything after the first tag is read as a tag).
     #[arg(required = true, allow_hyphen_values = true)]
     query: Vec<String>,
 
@@ -91,6 +95,16 @@ struct TagsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct StatsArgs {
+    /// Write a bar chart of the most used tags to this PNG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
 struct RedriveArgs {
     /// The dead-letter queue to drain.
     #[arg(long)]
@@ -123,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Search(args) => search(args).await,
         Command::Tags(args) => tags(args).await,
+        Command::Stats(args) => stats(args).await,
         Command::Redrive(args) => redrive(args).await,
     }
 }
@@ -230,6 +245,55 @@ async fn tags(args: TagsArgs) -> anyhow::Result<()> {
             item["name"].as_str().unwrap_or(""),
             item["image_count"].as_u64().unwrap_or(0)
         );
+    }
+    Ok(())
+}
+
+async fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let body = get(&args.api.api, "/v1/stats", &[]).await?;
+    let tags: Vec<(String, u64)> = body["top_tags"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|t| {
+                    (
+                        t["name"].as_str().unwrap_or("").to_owned(),
+                        t["image_count"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(path) = &args.plot {
+        chart::bar_chart(path, "Most used tags", &tags)?;
+    }
+    if args.api.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    let images = &body["images"];
+    println!(
+        "images: {} total, {} tagged, {} pending, {} rejected, {} failed",
+        images["total"], images["tagged"], images["pending"], images["rejected"], images["failed"]
+    );
+    println!("{:<40}  {:>8}", "TAG", "IMAGES");
+    for (name, count) in &tags {
+        println!("{name:<40}  {count:>8}");
+    }
+    let categories = body["top_categories"].as_array().cloned().unwrap_or_default();
+    if !categories.is_empty() {
+        println!("{:<40}  {:>8}", "CATEGORY", "IMAGES");
+        for c in categories {
+            println!(
+                "{:<40}  {:>8}",
+                c["name"].as_str().unwrap_or(""),
+                c["image_count"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    if let Some(path) = &args.plot {
+        println!("chart written to {}", path.display());
     }
     Ok(())
 }

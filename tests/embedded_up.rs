@@ -245,4 +245,39 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
         .await
         .expect("thumbnail");
     assert_eq!(thumbnail.status(), 200);
+
+    // The CLI against the running API: search, tags, stats and the chart.
+    let api = up.url("");
+    let cli = |args: &[&str]| {
+        let out = Command::new(binary("imagetag"))
+            .args(args)
+            .env("IMAGETAG_API", &api)
+            .output()
+            .expect("run the CLI");
+        assert!(
+            out.status.success(),
+            "imagetag {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let found: Value =
+        serde_json::from_str(&cli(&["search", "--json", "--limit", "100", LABEL])).expect("json");
+    assert_eq!(found["items"].as_array().map(Vec::len), Some(expected.len()));
+    let none: Value = serde_json::from_str(&cli(&["search", "--json", LABEL, "-phone"])).expect("json");
+    assert_eq!(none["items"].as_array().map(Vec::len), Some(0), "the parent tag excludes them all");
+    let table = cli(&["tags"]);
+    assert!(table.contains(LABEL), "{table}");
+    let chart = root.path().join("tags.png");
+    let summary = cli(&["stats", "--plot", chart.to_str().expect("utf-8 path")]);
+    assert!(summary.contains(&format!("{} tagged", expected.len())), "{summary}");
+    let plot = image::open(&chart).expect("the chart is a PNG");
+    assert_eq!(plot.width(), 900);
+    let bad = Command::new(binary("imagetag"))
+        .args(["search", "--json", "--min-confidence", "500", "x"])
+        .env("IMAGETAG_API", &api)
+        .output()
+        .expect("run the CLI");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("min_confidence"));
 }

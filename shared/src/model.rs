@@ -260,12 +260,16 @@ pub fn category_term(name: &str) -> String {
     format!("{CATEGORY_TERM}{}", normalize_term(name))
 }
 
-/// The postings an image with these labels should have: one per label name
-/// and one per category (with the best confidence among its labels).
+/// The postings an image with these labels should have: one per label name,
+/// parent and alias (a search for "dog" finds the golden retriever, one for
+/// "cell phone" the mobile phone) and one per category, each with the best
+/// confidence among the labels that imply it.
 pub fn terms_for_labels(labels: &[Label]) -> Vec<IndexedTerm> {
     let mut best: std::collections::BTreeMap<String, f32> = Default::default();
     for label in labels {
         let mut terms = vec![tag_term(&label.name)];
+        terms.extend(label.parents.iter().map(|p| tag_term(p)));
+        terms.extend(label.aliases.iter().map(|a| tag_term(a)));
         terms.extend(label.categories.iter().map(|c| category_term(c)));
         for term in terms {
             let entry = best.entry(term).or_insert(label.confidence);
@@ -329,6 +333,21 @@ mod tests {
                     confidence: 90.0
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn parents_and_aliases_are_searchable_terms() {
+        let mut phone = label("Mobile Phone", 99.0, &[]);
+        phone.parents = vec!["Phone".into(), "Electronics".into()];
+        phone.aliases = vec!["Cell Phone".into()];
+        let names: Vec<String> = terms_for_labels(&[phone, label("Phone", 60.0, &[])])
+            .into_iter()
+            .map(|t| format!("{}={}", t.term, t.confidence))
+            .collect();
+        assert_eq!(
+            names,
+            ["tag:cell phone=99", "tag:electronics=99", "tag:mobile phone=99", "tag:phone=99"]
         );
     }
 
