@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Tag a folder of images and serve search over it, all in one process.
     Up(up::UpArgs),
+    /// Tag local files with the built-in models (no service needed).
+    Tag(TagArgs),
     /// Search images by tag: `imagetag search dog beach -indoor`.
     Search(SearchArgs),
     /// List tags with their image counts, most used first.
@@ -95,6 +97,25 @@ struct TagsArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct TagArgs {
+    /// Image files.
+    #[arg(required = true)]
+    files: Vec<std::path::PathBuf>,
+
+    /// One JSON object per file, in the tagger's output schema.
+    #[arg(long)]
+    json: bool,
+
+    /// Folder of the prepared built-in models.
+    #[arg(long, env = "IMAGETAG_MODEL_DIR")]
+    model_dir: Option<std::path::PathBuf>,
+
+    /// Tagging policy (TOML) to apply, as the tagger service would.
+    #[arg(long, env = "IMAGETAG_POLICY_FILE")]
+    policy_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct StatsArgs {
     /// Write a bar chart of the most used tags to this PNG file.
     #[arg(long)]
@@ -136,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
             result
         }
         Command::Search(args) => search(args).await,
+        Command::Tag(args) => tag_files(args),
         Command::Tags(args) => tags(args).await,
         Command::Stats(args) => stats(args).await,
         Command::Redrive(args) => redrive(args).await,
@@ -249,6 +271,101 @@ async fn tags(args: TagsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Decodes each file as the tagger does (limits, EXIF orientation), runs the
+/// built-in models and the policy, and prints the result.
+fn tag_files(args: TagArgs) -> anyhow::Result<()> {
+    let dir = models::model_dir(args.model_dir.as_deref());
+    let backend = models::load_local(&dir, Some(1))?;
+    let policy = match &args.policy_file {
+        Some(path) => imagetag_tagger::policy::Policy::load(path)?,
+        None => imagetag_tagger::policy::Policy::default(),
+    };
+    let limits = imagetag_tagger::decode::DecodeLimits::default();
+    let mut failures = 0;
+    for file in &args.files {
+        let name = file.display().to_string();
+        let result = std::fs::read(file)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| {
+                Ok(imagetag_tagger::decode::decode_image(
+                    bytes.into(),
+                    &limits,
+                )?)
+            })
+            .and_then(|image| {
+                let output = backend.tag_blocking(&image.rgb)?;
+                Ok((image, output))
+            });
+        let (image, output) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                failures += 1;
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "file": name, "error": format!("{err:#}") })
+                    );
+                } else {
+                    eprintln!("{name}: {err:#}");
+                }
+                continue;
+            }
+        };
+        let output = policy.apply(&name, output);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "file": name,
+                    "facts": { "width": image.rgb.width(), "height": image.rgb.height(), "format": image.format },
+                    "model": { "backend": "local", "version": imagetag_shared::ports::TaggingBackend::version(&backend) },
+                    "output": output,
+                })
+            );
+            continue;
+        }
+        println!(
+            "{name} ({}×{} {})",
+            image.rgb.width(),
+            image.rgb.height(),
+            image.format
+        );
+        for label in &output.labels {
+            let parents = if label.parents.is_empty() {
+                String::new()
+            } else {
+                format!("  ← {}", label.parents.join(" ← "))
+            };
+            println!("  {:>5.1}  {}{parents}", label.confidence, label.name);
+        }
+        for text in &output.text {
+            println!("  text   {:?} ({:.0})", text.text, text.confidence);
+        }
+        for face in &output.faces {
+            let b = face.bounding_box;
+            println!(
+                "  face   {:.0}% at left {:.2} top {:.2} size {:.2}×{:.2}",
+                face.confidence, b.left, b.top, b.width, b.height
+            );
+        }
+        match output.moderation.as_slice() {
+            [] => println!("  safe   no unsafe content detected"),
+            labels => {
+                for m in labels {
+                    println!("  unsafe {} ({:.0})", m.name, m.confidence);
+                }
+            }
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!(
+            "{failures} of {} file(s) could not be tagged",
+            args.files.len()
+        );
+    }
+    Ok(())
+}
+
 async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     let body = get(&args.api.api, "/v1/stats", &[]).await?;
     let tags: Vec<(String, u64)> = body["top_tags"]
@@ -281,7 +398,10 @@ async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     for (name, count) in &tags {
         println!("{name:<40}  {count:>8}");
     }
-    let categories = body["top_categories"].as_array().cloned().unwrap_or_default();
+    let categories = body["top_categories"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if !categories.is_empty() {
         println!("{:<40}  {:>8}", "CATEGORY", "IMAGES");
         for c in categories {

@@ -25,7 +25,8 @@ fn write_png(path: &Path, seed: u32) {
         image::Rgb([(x * seed) as u8, (y + seed) as u8, seed as u8])
     });
     let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).expect("encode");
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode");
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("mkdir");
     }
@@ -47,7 +48,14 @@ impl Up {
             .open(log)
             .expect("log file");
         let child = Command::new(binary("imagetag"))
-            .args(["up", "--backend", "rekognition", "--max-receives", "3", "--listen"])
+            .args([
+                "up",
+                "--backend",
+                "rekognition",
+                "--max-receives",
+                "3",
+                "--listen",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--images")
             .arg(images)
@@ -61,7 +69,11 @@ impl Up {
             .stderr(out)
             .spawn()
             .expect("start imagetag up");
-        Up { child, port, log: log.to_owned() }
+        Up {
+            child,
+            port,
+            log: log.to_owned(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -137,7 +149,8 @@ async fn settle(http: &reqwest::Client, up: &Up, expected: &BTreeSet<String>, wh
         if keys.as_ref() == Some(expected)
             && count == Some(expected.len() as u64)
             && pending == Some(0)
-            && stats.as_ref().and_then(|s| s["images"]["tagged"].as_u64()) == Some(expected.len() as u64)
+            && stats.as_ref().and_then(|s| s["images"]["tagged"].as_u64())
+                == Some(expected.len() as u64)
         {
             return;
         }
@@ -201,11 +214,16 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
     expected.insert("renamed.png".into());
     std::fs::create_dir_all(images.join("folder")).expect("mkdir");
     write_png(&images.join("folder/inside.png"), 7);
-    settle(&http, &up, &{
-        let mut e = expected.clone();
-        e.insert("folder/inside.png".into());
-        e
-    }, "after live changes")
+    settle(
+        &http,
+        &up,
+        &{
+            let mut e = expected.clone();
+            e.insert("folder/inside.png".into());
+            e
+        },
+        "after live changes",
+    )
     .await;
     std::fs::rename(images.join("folder"), images.join("moved")).expect("rename folder");
     expected.insert("moved/inside.png".into());
@@ -213,18 +231,31 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
     settle(&http, &up, &expected, "after a folder rename").await;
 
     let overwritten = imagetag_shared::model::image_id("local", "batch/img 01.png");
-    let record = get(&http, &up.url(&format!("/v1/images/{overwritten}"))).await.expect("record");
-    assert_eq!(record["facts"]["width"], 48 + 1234 % 17, "the overwrite was re-tagged: {record}");
+    let record = get(&http, &up.url(&format!("/v1/images/{overwritten}")))
+        .await
+        .expect("record");
+    assert_eq!(
+        record["facts"]["width"],
+        48 + 1234 % 17,
+        "the overwrite was re-tagged: {record}"
+    );
     let notes = imagetag_shared::model::image_id("local", "notes.txt");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(r) = get(&http, &up.url(&format!("/v1/images/{notes}"))).await
             && r["status"] == "rejected"
         {
-            assert!(r["reason"].as_str().unwrap_or("").contains("text/plain"), "{r}");
+            assert!(
+                r["reason"].as_str().unwrap_or("").contains("text/plain"),
+                "{r}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "notes.txt never rejected:\n{}", up.log());
+        assert!(
+            Instant::now() < deadline,
+            "notes.txt never rejected:\n{}",
+            up.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -263,14 +294,25 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
     };
     let found: Value =
         serde_json::from_str(&cli(&["search", "--json", "--limit", "100", LABEL])).expect("json");
-    assert_eq!(found["items"].as_array().map(Vec::len), Some(expected.len()));
-    let none: Value = serde_json::from_str(&cli(&["search", "--json", LABEL, "-phone"])).expect("json");
-    assert_eq!(none["items"].as_array().map(Vec::len), Some(0), "the parent tag excludes them all");
+    assert_eq!(
+        found["items"].as_array().map(Vec::len),
+        Some(expected.len())
+    );
+    let none: Value =
+        serde_json::from_str(&cli(&["search", "--json", LABEL, "-phone"])).expect("json");
+    assert_eq!(
+        none["items"].as_array().map(Vec::len),
+        Some(0),
+        "the parent tag excludes them all"
+    );
     let table = cli(&["tags"]);
     assert!(table.contains(LABEL), "{table}");
     let chart = root.path().join("tags.png");
     let summary = cli(&["stats", "--plot", chart.to_str().expect("utf-8 path")]);
-    assert!(summary.contains(&format!("{} tagged", expected.len())), "{summary}");
+    assert!(
+        summary.contains(&format!("{} tagged", expected.len())),
+        "{summary}"
+    );
     let plot = image::open(&chart).expect("the chart is a PNG");
     assert_eq!(plot.width(), 900);
     let bad = Command::new(binary("imagetag"))

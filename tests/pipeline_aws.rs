@@ -283,18 +283,41 @@ async fn images_pushed_to_the_bucket_become_searchable_and_failures_are_accounte
     };
     let ingest_trace = trace_of("ingest", "queued for tagging").expect("ingest logged a trace id");
     assert_eq!(ingest_trace.len(), 32, "{ingest_trace}");
-    assert_eq!(trace_of("tagger", "image tagged").as_deref(), Some(ingest_trace.as_str()));
-    assert_eq!(trace_of("indexer", "indexed").as_deref(), Some(ingest_trace.as_str()));
+    assert_eq!(
+        trace_of("tagger", "image tagged").as_deref(),
+        Some(ingest_trace.as_str())
+    );
+    assert_eq!(
+        trace_of("indexer", "indexed").as_deref(),
+        Some(ingest_trace.as_str())
+    );
 
     // Every service exposes its Prometheus metrics.
     for (service, expected) in [
-        ("ingest", "imagetag_messages_processed_total{queue=\"events\"}"),
-        ("tagger", "imagetag_images_tagged_total{backend=\"rekognition\"}"),
+        (
+            "ingest",
+            "imagetag_messages_processed_total{queue=\"events\"}",
+        ),
+        (
+            "tagger",
+            "imagetag_images_tagged_total{backend=\"rekognition\"}",
+        ),
         ("tagger", "imagetag_tagger_stage_seconds_bucket{"),
-        ("indexer", "imagetag_message_processing_seconds_count{queue=\"index\"}"),
-        ("query", "imagetag_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/images\",status=\"200\"}"),
+        (
+            "indexer",
+            "imagetag_message_processing_seconds_count{queue=\"index\"}",
+        ),
+        (
+            "query",
+            "imagetag_http_request_duration_seconds_count{method=\"GET\",route=\"/v1/images\",status=\"200\"}",
+        ),
     ] {
-        let port = pipeline.processes.iter().find(|p| p.name == service).expect("running").health_port;
+        let port = pipeline
+            .processes
+            .iter()
+            .find(|p| p.name == service)
+            .expect("running")
+            .health_port;
         let text = http
             .get(format!("http://127.0.0.1:{port}/metrics"))
             .send()
@@ -303,7 +326,10 @@ async fn images_pushed_to_the_bucket_become_searchable_and_failures_are_accounte
             .text()
             .await
             .expect("metrics text");
-        assert!(text.contains(expected), "{service} /metrics lacks {expected}:\n{text}");
+        assert!(
+            text.contains(expected),
+            "{service} /metrics lacks {expected}:\n{text}"
+        );
     }
 
     // Deleting an object removes it from search, the record and the counts.

@@ -227,7 +227,10 @@ async fn process<Q: Queue + ?Sized, H: Handler>(
 ) {
     let started = std::time::Instant::now();
     let labels = metrics::queue(name);
-    let in_flight_gauge = metrics::metrics().messages_in_flight.get_or_create(&labels).clone();
+    let in_flight_gauge = metrics::metrics()
+        .messages_in_flight
+        .get_or_create(&labels)
+        .clone();
     in_flight_gauge.inc();
     let attempts = async {
         let mut attempt = 0u32;

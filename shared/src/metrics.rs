@@ -146,13 +146,17 @@ pub fn metrics() -> &'static Metrics {
 }
 
 pub fn queue(name: &str) -> QueueLabels {
-    QueueLabels { queue: name.to_owned() }
+    QueueLabels {
+        queue: name.to_owned(),
+    }
 }
 
 pub fn observe_stage(stage: &str, elapsed: Duration) {
     metrics()
         .tagger_stage_seconds
-        .get_or_create(&StageLabels { stage: stage.to_owned() })
+        .get_or_create(&StageLabels {
+            stage: stage.to_owned(),
+        })
         .observe(elapsed.as_secs_f64());
 }
 
@@ -183,21 +187,39 @@ mod tests {
     #[test]
     fn every_declared_metric_is_rendered_once_used() {
         metrics().messages_received.get_or_create(&queue("q")).inc();
-        metrics().messages_processed.get_or_create(&queue("q")).inc();
+        metrics()
+            .messages_processed
+            .get_or_create(&queue("q"))
+            .inc();
         metrics()
             .messages_failed
-            .get_or_create(&FailureLabels { queue: "q".into(), kind: "transient".into() })
+            .get_or_create(&FailureLabels {
+                queue: "q".into(),
+                kind: "transient".into(),
+            })
             .inc();
-        metrics().message_processing_seconds.get_or_create(&queue("q")).observe(0.2);
-        metrics().messages_in_flight.get_or_create(&queue("q")).set(1);
+        metrics()
+            .message_processing_seconds
+            .get_or_create(&queue("q"))
+            .observe(0.2);
+        metrics()
+            .messages_in_flight
+            .get_or_create(&queue("q"))
+            .set(1);
         observe_stage("decode", Duration::from_millis(5));
         metrics()
             .images_tagged
-            .get_or_create(&BackendLabels { backend: "local".into() })
+            .get_or_create(&BackendLabels {
+                backend: "local".into(),
+            })
             .inc();
         metrics()
             .http_request_duration_seconds
-            .get_or_create(&HttpLabels { method: "GET".into(), route: "/v1/images".into(), status: 200 })
+            .get_or_create(&HttpLabels {
+                method: "GET".into(),
+                route: "/v1/images".into(),
+                status: 200,
+            })
             .observe(0.01);
         let text = render();
         for name in METRIC_NAMES {

@@ -347,7 +347,12 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["tag:cell phone=99", "tag:electronics=99", "tag:mobile phone=99", "tag:phone=99"]
+            [
+                "tag:cell phone=99",
+                "tag:electronics=99",
+                "tag:mobile phone=99",
+                "tag:phone=99"
+            ]
         );
     }
 

@@ -93,6 +93,10 @@ pub struct Config {
     #[arg(long, env = "IMAGETAG_DECODE_CONCURRENCY")]
     pub decode_concurrency: Option<usize>,
 
+    /// Folder of the prepared built-in models (`scripts/prepare-models`).
+    #[arg(long, env = "IMAGETAG_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+
     /// Bucket for thumbnails (usually the images bucket); unset, none are made.
     #[arg(long, env = "IMAGETAG_THUMBNAIL_BUCKET")]
     pub thumbnail_bucket: Option<String>,

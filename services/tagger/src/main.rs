@@ -16,6 +16,7 @@ use imagetag_tagger::policy::Policy;
 use imagetag_tagger::pool::{CpuPool, cores};
 use imagetag_tagger::rekognition::RekognitionBackend;
 use imagetag_tagger::{TaggerService, Thumbnails};
+use imagetag_vision::LocalBackend;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -37,15 +38,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    // Checked before anything else so a misconfigured deployment fails at
-    // once, with the fix in the message.
-    match config.backend {
-        BackendKind::Local => anyhow::bail!(
-            "the built-in (local) models are not available in this build; \
-             start with --backend rekognition (or IMAGETAG_TAGGER_BACKEND=rekognition)"
-        ),
-        BackendKind::Rekognition => {}
-    }
     let policy = match &config.policy_file {
         Some(path) => Policy::load(path)?,
         None => Policy::default(),
@@ -55,11 +47,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let pool = CpuPool::new(concurrency);
 
     let sdk = load_sdk_config(&config.aws).await;
-    let backend = RekognitionBackend::new(
-        aws_sdk_rekognition::Client::new(&sdk),
-        &policy.backend_filter(),
-        pool.clone(),
-    );
+    let backend: Box<dyn TaggingBackend> =
+        match config.backend {
+            BackendKind::Local => {
+                let dir = config
+                    .model_dir
+                    .clone()
+                    .unwrap_or_else(imagetag_vision::default_model_dir);
+                Box::new(LocalBackend::load(&dir, concurrency).with_context(|| {
+                    format!("loading the built-in models from {}", dir.display())
+                })?)
+            }
+            BackendKind::Rekognition => Box::new(RekognitionBackend::new(
+                aws_sdk_rekognition::Client::new(&sdk),
+                &policy.backend_filter(),
+                pool.clone(),
+            )),
+        };
     tracing::info!(
         backend = config.backend.as_str(),
         policy_file = config.policy_file.as_ref().map(|p| p.display().to_string()),
