@@ -281,30 +281,61 @@ fn rand_secret() -> Vec<u8> {
     (0..32).map(|_| rand::random::<u8>()).collect()
 }
 
-/// Prints how the backlog drains while there is one: images tagged per
-/// second and an estimate of the time left.
+/// Shows how the backlog drains while there is one: a progress bar with
+/// images per second and the time left on a terminal, a line every few
+/// seconds otherwise (logs, CI).
 async fn report_progress(queues: QueueDb, shutdown: CancellationToken) {
-    let mut last: Option<(Instant, u64)> = None;
-    let mut ticker = tokio::time::interval(Duration::from_secs(2));
-    let mut busy = false;
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut line_state: Option<(Instant, u64)> = None;
+    let mut ticker =
+        tokio::time::interval(Duration::from_millis(if terminal { 250 } else { 2000 }));
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
         let waiting =
             queues.depth(TAG_JOBS).await.unwrap_or(0) + queues.depth(EVENTS).await.unwrap_or(0);
-        if waiting == 0 {
-            if busy {
-                println!("imagetag: all caught up");
+        if terminal {
+            match (&bar, waiting) {
+                (None, 0) => {}
+                (None, _) => {
+                    let progress = indicatif::ProgressBar::new(waiting);
+                    progress.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} tagging {bar:30} {pos}/{len} images, {per_sec}, {eta} left",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar = Some(progress);
+                }
+                (Some(progress), 0) => {
+                    progress.set_position(progress.length().unwrap_or(0));
+                    progress.finish_with_message("all caught up");
+                    bar = None;
+                }
+                (Some(progress), _) => {
+                    // New files can arrive while the backlog drains.
+                    let length = progress.length().unwrap_or(0);
+                    let done = progress.position();
+                    if done + waiting > length {
+                        progress.set_length(done + waiting);
+                    }
+                    progress.set_position(progress.length().unwrap_or(0).saturating_sub(waiting));
+                }
             }
-            busy = false;
-            last = None;
             continue;
         }
-        busy = true;
+        if waiting == 0 {
+            if line_state.take().is_some() {
+                println!("imagetag: all caught up");
+            }
+            continue;
+        }
         let now = Instant::now();
-        if let Some((then, before)) = last {
+        if let Some((then, before)) = line_state {
             let done = before.saturating_sub(waiting) as f64;
             let rate = done / now.duration_since(then).as_secs_f64().max(0.001);
             let eta = if rate > 0.0 {
@@ -314,7 +345,10 @@ async fn report_progress(queues: QueueDb, shutdown: CancellationToken) {
             };
             println!("imagetag: {waiting} image(s) waiting, {rate:.1}/s, {eta}");
         }
-        last = Some((now, waiting));
+        line_state = Some((now, waiting));
+    }
+    if let Some(progress) = bar {
+        progress.abandon();
     }
 }
 
