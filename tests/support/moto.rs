@@ -18,7 +18,12 @@ pub const ACCOUNT_ID: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
 
 /// What the venv holds. Changing a pin rebuilds the venv on the next run.
-const REQUIREMENTS: &[&str] = &["moto[server]==5.2.5", "cfn-lint==1.58.0"];
+const REQUIREMENTS: &[&str] = &[
+    "moto[server]==5.2.5",
+    "cfn-lint==1.58.0",
+    "kubernetes-validate==1.37.0",
+    "jsonschema==4.26.0",
+];
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of server output kept for failure messages.
