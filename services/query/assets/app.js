@@ -109,6 +109,16 @@ function basename(key) {
   return parts.length ? parts[parts.length - 1] : text;
 }
 
+/**
+ * The name to show for a key: its last part, less the random prefix the
+ * upload API puts before the uploaded file's name (`uploads/…/1a2b3c4d-name`).
+ */
+function displayName(key) {
+  const name = basename(key);
+  const uploaded = /^uploads\//.test(String(key ?? '')) ? /^[0-9a-f]{8}-(.+)$/.exec(name) : null;
+  return uploaded ? uploaded[1] : name;
+}
+
 /** Search terms are case-insensitive and comma-separated in the API. */
 const normalizeTag = (name) => String(name ?? '').replace(/,/g, ' ').trim().replace(/\s+/g, ' ').toLowerCase();
 
@@ -570,6 +580,7 @@ function runSearchNow() {
 async function runSearch({ append = false } = {}) {
   const seq = ++searchSeq;
   const params = queryParams();
+  const shown = params.toString();
   params.set('limit', String(PAGE_SIZE));
   if (append && nextCursor) params.set('cursor', nextCursor);
   searching = true;
@@ -580,7 +591,8 @@ async function runSearch({ append = false } = {}) {
     loadMore.textContent = 'Loading…';
   } else {
     results.setAttribute('aria-busy', 'true');
-    if (!results.children.length || results.dataset.query !== params.toString()) showSkeleton();
+    // Refreshing the same query keeps the cards until the new ones arrive.
+    if (!results.children.length || results.dataset.query !== shown) showSkeleton();
   }
   try {
     const page = await getJson(`/v1/images?${params}`);
@@ -596,7 +608,7 @@ async function runSearch({ append = false } = {}) {
     shownCount += items.length;
     pagesLoaded += 1;
     nextCursor = page?.next_cursor || null;
-    results.dataset.query = queryParams().toString();
+    results.dataset.query = shown;
     renderResultState();
     if (append) results.children[firstNew]?.querySelector('a')?.focus();
   } catch (error) {
@@ -682,7 +694,7 @@ function labelPills(labels, count, { buttons = false } = {}) {
 }
 
 function resultCard(item) {
-  const name = basename(item.key);
+  const name = displayName(item.key);
   const labels = Array.isArray(item.labels) ? item.labels : [];
   const alt = labels.length ? `${name}: ${labels.slice(0, CARD_TAGS).map((l) => l.name).join(', ')}` : name;
   const thumb = thumbnail(item.id, alt);
@@ -767,8 +779,14 @@ function uploadRow(entry) {
   const { file } = entry;
   const previewable = /^image\/(jpeg|png|gif|webp|bmp|avif|svg\+xml)$/.test(file.type) && file.size < 30 * 1024 * 1024;
   if (previewable) entry.preview = URL.createObjectURL(file);
-  const preview = h('img', { class: 'upload-preview', alt: '', src: entry.preview || null });
-  if (!previewable) preview.classList.add('none');
+  const placeholder = () => h('div', { class: 'upload-preview none', 'aria-hidden': 'true' });
+  let preview = placeholder();
+  if (previewable) {
+    preview = h('img', { class: 'upload-preview', alt: '' });
+    // Not every file that claims to be an image is one: no broken icon.
+    preview.addEventListener('error', () => preview.replaceWith(placeholder()), { once: true });
+    preview.src = entry.preview;
+  }
   const bar = h('div', { class: 'progress-fill' });
   const progress = h('div', {
     class: 'progress',
@@ -797,7 +815,8 @@ function setUploadState(entry, status, message, { spinner = false, progress = nu
   entry.status = status;
   entry.element.dataset.status = status;
   const { state, bar, progress: track } = entry.parts;
-  state.replaceChildren(spinner ? h('span', { class: 'spinner', 'aria-hidden': 'true' }) : null, message);
+  state.replaceChildren();
+  appendChildren(state, [spinner ? h('span', { class: 'spinner', 'aria-hidden': 'true' }) : null, message]);
   if (progress === 'indeterminate') {
     track.classList.add('indeterminate');
     track.removeAttribute('aria-valuenow');
@@ -825,6 +844,7 @@ function pumpUploads() {
 async function upload(entry) {
   const { file } = entry;
   try {
+    if (file.size === 0) throw new ApiError('This file is empty.', 0);
     setUploadState(entry, 'uploading', 'Starting upload…', { spinner: true, progress: 0 });
     const { body, response } = await api('/v1/uploads', {
       method: 'POST',
@@ -1059,7 +1079,7 @@ detail.addEventListener('click', (event) => {
 
 function renderDetail(record) {
   const id = record.image_id;
-  const name = basename(record.key);
+  const name = displayName(record.key);
   $('#detail-title').textContent = name;
   $('#detail-title').title = record.key || '';
   const badge = $('#detail-status');
@@ -1088,7 +1108,7 @@ function detailViewer(record, labels, faces, text) {
   const stage = h('div', { class: 'stage' });
   const facts = record.facts;
   if (facts?.width > 0 && facts?.height > 0) stage.style.setProperty('--ar', String(facts.width / facts.height));
-  const img = h('img', { alt: `${basename(record.key)}${labels.length ? `: ${labels.slice(0, 5).map((l) => l.name).join(', ')}` : ''}`, decoding: 'async' });
+  const img = h('img', { alt: `${displayName(record.key)}${labels.length ? `: ${labels.slice(0, 5).map((l) => l.name).join(', ')}` : ''}`, decoding: 'async' });
   img.addEventListener('load', () => {
     if (img.naturalWidth > 0 && img.naturalHeight > 0) {
       stage.style.setProperty('--ar', String(img.naturalWidth / img.naturalHeight));

@@ -9,6 +9,7 @@ pub mod media;
 pub mod params;
 mod routes;
 pub mod search;
+pub mod ui;
 
 pub use error::ApiError;
 pub use media::Media;

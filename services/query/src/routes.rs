@@ -122,6 +122,7 @@ pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
         // After routing, so the route template (not the raw path, which
         // holds ids) labels the latency histogram.
         .route_layer(middleware::from_fn(record_request_metrics))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
