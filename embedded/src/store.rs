@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use imagetag_shared::model::{CATEGORY_TERM, ImageRecord, ImageStatus, TAG_TERM, timestamp};
+use imagetag_shared::model::{ImageRecord, ImageStatus, timestamp};
 use imagetag_shared::ports::{
     GenerationUpdate, ImageStore, IndexCommit, IndexStore, PostingHit, Recorded, SearchStore,
     StatusCursor, TermCount, TermKind,
@@ -177,13 +177,6 @@ fn store_record(db: &Connection, record: &ImageRecord) -> PortResult<()> {
     Ok(())
 }
 
-fn term_kind(term: &str) -> (TermKind, &str) {
-    match term.strip_prefix(CATEGORY_TERM) {
-        Some(name) => (TermKind::Category, name),
-        None => (TermKind::Tag, term.strip_prefix(TAG_TERM).unwrap_or(term)),
-    }
-}
-
 fn kind_of(value: &str) -> TermKind {
     if value == TermKind::Category.as_str() {
         TermKind::Category
@@ -323,7 +316,7 @@ impl IndexStore for SqliteStore {
                 .map_err(db_error)?;
             }
             for (term, delta) in &commit.count_deltas {
-                let (kind, name) = term_kind(term);
+                let (kind, name) = TermKind::split(term);
                 tx.execute(
                     "INSERT INTO terms (term, kind, name, image_count) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (term) DO UPDATE SET image_count = image_count + ?4",

@@ -85,3 +85,23 @@ pub fn shutdown_on_signal() -> CancellationToken {
     });
     token
 }
+
+/// What every consumer binary does once wired: serve the probes and
+/// metrics, consume `queue` with `handler` until SIGTERM, then stop both.
+pub async fn run_consumer<Q: crate::ports::Queue, H: crate::consumer::Handler>(
+    name: &'static str,
+    queue: Arc<Q>,
+    handler: Arc<H>,
+    config: crate::consumer::ConsumerConfig,
+    health_listen: SocketAddr,
+    readiness: ReadinessCheck,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    let server = tokio::spawn(serve(health_listen, router(readiness), shutdown.clone()));
+    crate::consumer::run(name, queue, handler, config, shutdown.clone()).await;
+    shutdown.cancel();
+    match server.await {
+        Ok(result) => result,
+        Err(err) => Err(anyhow::anyhow!("health server task: {err}")),
+    }
+}

@@ -195,6 +195,18 @@ pub enum TermKind {
 }
 
 impl TermKind {
+    /// The kind of a posting term and the name it stands for
+    /// (`tag:dog` → Tag, `dog`; `cat:animals and pets` → Category, …).
+    pub fn split(term: &str) -> (TermKind, &str) {
+        match term.strip_prefix(crate::model::CATEGORY_TERM) {
+            Some(name) => (TermKind::Category, name),
+            None => (
+                TermKind::Tag,
+                term.strip_prefix(crate::model::TAG_TERM).unwrap_or(term),
+            ),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tag => "tag",

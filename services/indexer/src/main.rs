@@ -1,6 +1,5 @@
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
 use imagetag_indexer::IndexerService;
 use imagetag_shared::aws::{DynamoStore, SqsQueue, load_sdk_config};
@@ -42,7 +41,6 @@ async fn main() -> anyhow::Result<()> {
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.tables.clone());
     let service = Arc::new(IndexerService::new(store.clone()));
 
-    let shutdown = health::shutdown_on_signal();
     let readiness_queue = queue.clone();
     let readiness: health::ReadinessCheck = Arc::new(move || {
         let queue = readiness_queue.clone();
@@ -52,21 +50,15 @@ async fn main() -> anyhow::Result<()> {
             IndexStore::ping(&store).await
         })
     });
-    let server = tokio::spawn(health::serve(
-        config.health.health_listen,
-        health::router(readiness),
-        shutdown.clone(),
-    ));
-    imagetag_shared::consumer::run(
+    let result = health::run_consumer(
         "index",
         queue,
         service,
         config.consumer.consumer_config(),
-        shutdown.clone(),
+        config.health.health_listen,
+        readiness,
     )
     .await;
-    shutdown.cancel();
-    server.await.context("health server task")??;
     telemetry.shutdown();
-    Ok(())
+    result
 }

@@ -1,6 +1,5 @@
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
 use imagetag_ingest::{IngestConfig, IngestService};
 use imagetag_shared::aws::{DynamoStore, S3ObjectStore, SqsQueue, load_sdk_config};
@@ -65,7 +64,6 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
 
-    let shutdown = health::shutdown_on_signal();
     let readiness_queue = events.clone();
     let readiness: health::ReadinessCheck = Arc::new(move || {
         let queue = readiness_queue.clone();
@@ -75,21 +73,15 @@ async fn main() -> anyhow::Result<()> {
             ImageStore::ping(&store).await
         })
     });
-    let server = tokio::spawn(health::serve(
-        config.health.health_listen,
-        health::router(readiness),
-        shutdown.clone(),
-    ));
-    imagetag_shared::consumer::run(
+    let result = health::run_consumer(
         "events",
         events,
         service,
         config.consumer.consumer_config(),
-        shutdown.clone(),
+        config.health.health_listen,
+        readiness,
     )
     .await;
-    shutdown.cancel();
-    server.await.context("health server task")??;
     telemetry.shutdown();
-    Ok(())
+    result
 }

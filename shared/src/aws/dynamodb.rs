@@ -156,19 +156,9 @@ fn posting_key(term: &str, image_id: &str) -> Item {
     ])
 }
 
-fn term_kind(term: &str) -> (TermKind, &str) {
-    match term.strip_prefix(crate::model::CATEGORY_TERM) {
-        Some(name) => (TermKind::Category, name),
-        None => (
-            TermKind::Tag,
-            term.strip_prefix(crate::model::TAG_TERM).unwrap_or(term),
-        ),
-    }
-}
-
 fn decode_term_count(item: &Item) -> PortResult<TermCount> {
     let term = get_s(item, "term")?.to_owned();
-    let (kind, name) = term_kind(&term);
+    let (kind, name) = TermKind::split(&term);
     let name = name.to_owned();
     Ok(TermCount {
         image_count: get_n::<i64>(item, "image_count")?.max(0) as u64,
@@ -347,7 +337,7 @@ impl IndexStore for DynamoStore {
             );
         }
         for (term, delta) in &commit.count_deltas {
-            let (kind, name) = term_kind(term);
+            let (kind, name) = TermKind::split(term);
             actions.push(
                 TransactWriteItem::builder()
                     .update(
@@ -643,9 +633,9 @@ mod tests {
 
     #[test]
     fn term_kinds_come_from_the_prefix() {
-        assert_eq!(term_kind("tag:dog"), (TermKind::Tag, "dog"));
+        assert_eq!(TermKind::split("tag:dog"), (TermKind::Tag, "dog"));
         assert_eq!(
-            term_kind("cat:animals and pets"),
+            TermKind::split("cat:animals and pets"),
             (TermKind::Category, "animals and pets")
         );
     }
