@@ -23,7 +23,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -401,57 +401,12 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// checkov from its own pinned venv, `<workspace>/.cache/checkov-venv`,
-/// created on first use (a minute or two) and reused while the pin holds.
-/// Creation is serialised with a lock file, as for the shared venv.
+/// checkov from its own pinned venv, `<workspace>/.cache/checkov-venv`:
+/// checkov pins an older boto3 than moto needs, so it cannot share theirs.
 fn checkov_bin() -> PathBuf {
-    let cache = workspace_root().join(".cache");
-    fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("cannot create {}: {e}", cache.display()));
-    let lock_path = cache.join("checkov-venv.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", lock_path.display()));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
-    let venv = cache.join("checkov-venv");
-    let marker = venv.join("imagetag-requirements.txt");
-    let checkov = venv.join("bin").join("checkov");
-    let ready = fs::read_to_string(&marker).is_ok_and(|have| have == CHECKOV_REQUIREMENT)
-        && checkov.exists();
-    if !ready {
-        eprintln!(
-            "creating {} with {CHECKOV_REQUIREMENT} (takes a minute or two the first time)",
-            venv.display()
-        );
-        if venv.exists() {
-            fs::remove_dir_all(&venv)
-                .unwrap_or_else(|e| panic!("cannot remove stale venv {}: {e}", venv.display()));
-        }
-        let mut create = Command::new("python3");
-        create.args(["-m", "venv"]).arg(&venv);
-        let mut install = Command::new(venv.join("bin/pip"));
-        install.args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            CHECKOV_REQUIREMENT,
-        ]);
-        for command in [&mut create, &mut install] {
-            let output = run(command);
-            assert!(
-                output.status.success(),
-                "{command:?} failed:\n{}",
-                text(&output)
-            );
-        }
-        // Written last, so an interrupted install is redone next time.
-        fs::write(&marker, CHECKOV_REQUIREMENT)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
-    }
-    checkov
+    support::ensure_pinned_venv("checkov-venv", &[CHECKOV_REQUIREMENT], &["checkov"])
+        .join("bin")
+        .join("checkov")
 }
 
 /// Runs checkov with JSON output and returns (failed, skipped) check

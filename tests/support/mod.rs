@@ -11,5 +11,7 @@ pub mod moto;
 pub mod services;
 pub mod stack;
 
-pub use moto::{ACCOUNT_ID, Moto, REGION, ensure_venv, venv_bin, workspace_root};
+pub use moto::{
+    ACCOUNT_ID, Moto, REGION, ensure_pinned_venv, ensure_venv, venv_bin, workspace_root,
+};
 pub use stack::{Resource, Stack, deploy, load_template, template_path, unique_prefix};

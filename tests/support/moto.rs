@@ -36,13 +36,19 @@ pub fn workspace_root() -> PathBuf {
 
 /// Creates `<workspace>/.cache/venv` with the pinned packages unless a venv
 /// made from the same pins is already there, and returns its path.
+pub fn ensure_venv() -> PathBuf {
+    ensure_pinned_venv("venv", REQUIREMENTS, &["python", "moto_server", "cfn-lint"])
+}
+
+/// Creates `<workspace>/.cache/<name>` with exactly `requirements` unless a
+/// venv made from the same pins, holding `bins`, is already there.
 ///
 /// Several test binaries run at once under nextest, so creation is
 /// serialised with an exclusive lock on a file next to the venv.
-pub fn ensure_venv() -> PathBuf {
+pub fn ensure_pinned_venv(name: &str, requirements: &[&str], bins: &[&str]) -> PathBuf {
     let cache = workspace_root().join(".cache");
     fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("cannot create {}: {e}", cache.display()));
-    let lock_path = cache.join("venv.lock");
+    let lock_path = cache.join(format!("{name}.lock"));
     let lock = File::options()
         .create(true)
         .truncate(false)
@@ -52,36 +58,31 @@ pub fn ensure_venv() -> PathBuf {
     lock.lock()
         .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
 
-    let venv = cache.join("venv");
+    let venv = cache.join(name);
     let marker = venv.join("imagetag-requirements.txt");
-    let wanted = REQUIREMENTS.join("\n");
+    let wanted = requirements.join("\n");
     let ready = fs::read_to_string(&marker).is_ok_and(|have| have == wanted)
-        && ["python", "moto_server", "cfn-lint"]
-            .iter()
-            .all(|bin| venv.join("bin").join(bin).exists());
+        && bins.iter().all(|bin| venv.join("bin").join(bin).exists());
     if !ready {
-        create_venv(&venv, &wanted, &marker);
+        eprintln!(
+            "creating {} with {} (takes a minute or two the first time)",
+            venv.display(),
+            requirements.join(", ")
+        );
+        if venv.exists() {
+            fs::remove_dir_all(&venv)
+                .unwrap_or_else(|e| panic!("cannot remove stale venv {}: {e}", venv.display()));
+        }
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(requirements));
+        // Written last, so an interrupted install is redone next time.
+        fs::write(&marker, &wanted)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
     }
     // The lock is released when `lock` is closed here.
     venv
-}
-
-fn create_venv(venv: &Path, wanted: &str, marker: &Path) {
-    eprintln!(
-        "creating {} with {} (takes a minute the first time)",
-        venv.display(),
-        REQUIREMENTS.join(", ")
-    );
-    if venv.exists() {
-        fs::remove_dir_all(venv)
-            .unwrap_or_else(|e| panic!("cannot remove stale venv {}: {e}", venv.display()));
-    }
-    run(Command::new("python3").args(["-m", "venv"]).arg(venv));
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(REQUIREMENTS));
-    // Written last, so an interrupted install is redone next time.
-    fs::write(marker, wanted).unwrap_or_else(|e| panic!("cannot write {}: {e}", marker.display()));
 }
 
 fn run(command: &mut Command) {
