@@ -1,0 +1,202 @@
+//! What every benchmark section produces, and how the sections become
+//! `docs/benchmarks.md`.
+//!
+//! Each section is written to its own fragment under `target/bench/`, so a
+//! single section can be re-run and the document is reassembled from the
+//! newest fragment of every section.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// One section of the report: a heading, what was measured and how, tables,
+/// and notes that explain the numbers (goals met or missed and why).
+#[derive(Debug, Default)]
+pub struct Section {
+    pub key: &'static str,
+    pub title: String,
+    pub method: String,
+    pub tables: Vec<Table>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pub caption: String,
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(caption: impl Into<String>, headers: &[&str]) -> Self {
+        Self {
+            caption: caption.into(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row<I, S>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    /// Aligned plain-text rendering for the terminal.
+    pub fn to_text(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut out = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                let width = widths.get(i).copied().unwrap_or(0);
+                let _ = write!(out, "{cell:<width$}  ");
+            }
+            out.trim_end().to_string()
+        };
+        let mut out = String::new();
+        if !self.caption.is_empty() {
+            let _ = writeln!(out, "{}", self.caption);
+        }
+        let _ = writeln!(out, "{}", line(&self.headers));
+        let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        let _ = writeln!(out, "{}", line(&rule));
+        for row in &self.rows {
+            let _ = writeln!(out, "{}", line(row));
+        }
+        out
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        if !self.caption.is_empty() {
+            let _ = writeln!(out, "**{}**\n", self.caption);
+        }
+        let _ = writeln!(out, "| {} |", self.headers.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(self.headers.len()));
+        for row in &self.rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out
+    }
+}
+
+impl Section {
+    pub fn print(&self) {
+        println!("\n== {} ==", self.title);
+        for table in &self.tables {
+            println!("{}", table.to_text());
+        }
+        for note in &self.notes {
+            println!("* {note}");
+        }
+    }
+
+    pub fn to_markdown(&self, machine: &Machine) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "## {}\n", self.title);
+        let _ = writeln!(
+            out,
+            "_Measured {} on {} ({} cores), {}._\n",
+            machine.date, machine.cpu_model, machine.cores, machine.build
+        );
+        if !self.method.is_empty() {
+            let _ = writeln!(out, "{}\n", self.method.trim());
+        }
+        for table in &self.tables {
+            let _ = writeln!(out, "{}", table.to_markdown());
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "- {note}");
+        }
+        out
+    }
+}
+
+/// Where the numbers come from; printed with every section because absolute
+/// times only mean something next to the machine that produced them.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub date: String,
+    pub build: String,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        let cpu_model = fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let build = if cfg!(debug_assertions) {
+            "debug build (numbers not representative)".to_string()
+        } else {
+            "release build".to_string()
+        };
+        Self {
+            cpu_model,
+            cores,
+            date: chrono::Utc::now().format("%Y-%m-%d").to_string(),
+            build,
+        }
+    }
+}
+
+/// Sections in the order the document shows them.
+pub const SECTION_ORDER: &[&str] = &["tagging", "latency", "backfill", "search", "load", "footprint"];
+
+pub struct ReportDir {
+    fragments: PathBuf,
+}
+
+impl ReportDir {
+    pub fn new(fragments: impl Into<PathBuf>) -> Self {
+        Self { fragments: fragments.into() }
+    }
+
+    pub fn save(&self, section: &Section, machine: &Machine) -> anyhow::Result<()> {
+        fs::create_dir_all(&self.fragments)
+            .with_context(|| format!("creating {}", self.fragments.display()))?;
+        let path = self.fragments.join(format!("{}.md", section.key));
+        fs::write(&path, section.to_markdown(machine)).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Rebuilds the document from the newest fragment of every section.
+    pub fn assemble(&self, out: &Path) -> anyhow::Result<()> {
+        let mut doc = String::from(
+            "# Benchmarks\n\n\
+             Generated by `scripts/bench` (the `imagetag-bench` binary, release build); do not edit by hand.\n\
+             Absolute times depend on the machine; compare the ratios against the baselines measured in the same run.\n\n",
+        );
+        for key in SECTION_ORDER {
+            let path = self.fragments.join(format!("{key}.md"));
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    doc.push_str(&text);
+                    doc.push('\n');
+                }
+                Err(_) => {
+                    let _ = writeln!(doc, "## {key}\n\n_Not measured in the latest run (run `scripts/bench {key}`)._\n");
+                }
+            }
+        }
+        fs::write(out, doc).with_context(|| format!("writing {}", out.display()))
+    }
+}
