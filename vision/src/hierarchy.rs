@@ -75,6 +75,16 @@ impl Hierarchy {
         self.closure.len()
     }
 
+    /// The node of a WordNet synset id.
+    pub fn find_wnid(&self, wnid: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.wnid == wnid)
+    }
+
+    /// The node with this label name.
+    pub fn find_name(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
     /// Labels for one image from the model's class probabilities.
     ///
     /// A parent's confidence is the SUM of its descendants' probabilities,
@@ -120,7 +130,8 @@ impl Hierarchy {
         Ok(labels.into_iter().map(|(_, l)| l).collect())
     }
 
-    fn label(&self, id: usize, score: f32) -> Label {
+    /// Node `id` as a label with `score` (0–1).
+    pub fn label(&self, id: usize, score: f32) -> Label {
         let node = &self.nodes[id];
         Label {
             name: node.name.clone(),

@@ -3,14 +3,17 @@
 //! Pretrained models, prepared once by `scripts/prepare-models` into a model
 //! cache, run offline with ONNX Runtime (loaded from the cache at run time,
 //! so nothing is downloaded by the build or at run time). Output has
-//! Rekognition's shape: labels with confidence 0–100, parents, aliases and
-//! categories. See docs/models.md for sources, licenses and measurements.
+//! Rekognition's shape: labels with confidence 0–100, parents, aliases,
+//! categories and object instances with boxes. See docs/models.md for sources, licenses and measurements.
 
 pub mod faces;
 pub mod hierarchy;
+pub mod letterbox;
 pub mod manifest;
 pub mod moderation;
+pub mod objects;
 pub mod ocr;
+pub mod platform;
 pub mod preprocess;
 
 use std::path::{Path, PathBuf};
@@ -22,8 +25,8 @@ use imagetag_shared::model::{Face, TagOutput, TextDetection};
 use imagetag_shared::ports::{DecodedImage, TaggingBackend};
 use imagetag_shared::{PortError, PortResult};
 use ort::environment::Environment;
-use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionOutputs};
 use ort::value::TensorRef;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -63,20 +66,24 @@ struct Inner {
     /// find one at once; `tag_blocking` callers may wait here.
     returned: Condvar,
     hierarchy: Hierarchy,
+    object_classes: Vec<objects::ClassInfo>,
     face_anchors: Vec<(f32, f32)>,
     ocr_keys: Vec<String>,
 }
 
 struct Worker {
     classifier: Session,
+    objects: Option<Session>,
     faces: Option<Session>,
     moderation: Option<Session>,
     ocr: Option<(Session, Session)>,
     preprocessor: Preprocessor,
+    object_pre: objects::ObjectPreprocessor,
     face_pre: faces::FacePreprocessor,
     moderation_pre: moderation::ModerationPreprocessor,
     resizer: fast_image_resize::Resizer,
     input: Vec<f32>,
+    object_input: Vec<f32>,
     face_input: Vec<f32>,
     moderation_input: Vec<f32>,
 }
@@ -84,6 +91,7 @@ struct Worker {
 /// Paths of the optional models the cache has and that load.
 #[derive(Default)]
 struct Optional {
+    objects: Option<PathBuf>,
     faces: Option<PathBuf>,
     moderation: Option<PathBuf>,
     ocr: Option<(PathBuf, PathBuf)>,
@@ -96,6 +104,7 @@ struct Optional {
 /// it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
+    pub objects: bool,
     pub faces: bool,
     pub moderation: bool,
     pub text: bool,
@@ -104,6 +113,7 @@ pub struct Features {
 impl Default for Features {
     fn default() -> Self {
         Self {
+            objects: true,
             faces: true,
             moderation: true,
             text: true,
@@ -131,7 +141,9 @@ impl LocalBackend {
         let classes = std::fs::read_to_string(&classes_path)
             .with_context(|| format!("reading {}", classes_path.display()))?;
         let hierarchy = Hierarchy::new(hierarchy::TABLE, &hierarchy::read_class_wnids(&classes)?)?;
+        let object_classes = objects::classes(objects::TABLE, &hierarchy)?;
 
+        platform::check_runtime(runtime_entry, &runtime_path, &platform::current())?;
         let environment = environment(&runtime_path)?;
         let optional = Optional::find(&manifest, model_dir, &environment, features);
         let pool = (0..workers)
@@ -143,6 +155,10 @@ impl LocalBackend {
                 };
                 Ok(Worker {
                     classifier: session(&environment, &model_path, CLASSIFIER_IO)?,
+                    objects: match &optional.objects {
+                        Some(path) => Some(session(&environment, path, OBJECTS_IO)?),
+                        None => None,
+                    },
                     faces: open(&optional.faces)?,
                     moderation: open(&optional.moderation)?,
                     ocr: match &optional.ocr {
@@ -153,10 +169,16 @@ impl LocalBackend {
                         None => None,
                     },
                     preprocessor: Preprocessor::default(),
+                    object_pre: objects::ObjectPreprocessor::default(),
                     face_pre: faces::FacePreprocessor::default(),
                     moderation_pre: moderation::ModerationPreprocessor::default(),
                     resizer: fast_image_resize::Resizer::new(),
                     input: vec![0f32; 3 * (CROP * CROP) as usize],
+                    object_input: if optional.objects.is_some() {
+                        vec![0f32; 3 * (objects::INPUT * objects::INPUT) as usize]
+                    } else {
+                        Vec::new()
+                    },
                     face_input: vec![0f32; 3 * (faces::INPUT * faces::INPUT) as usize],
                     moderation_input: vec![
                         0f32;
@@ -183,6 +205,7 @@ impl LocalBackend {
                 workers: Mutex::new(pool),
                 returned: Condvar::new(),
                 hierarchy,
+                object_classes,
                 face_anchors: faces::anchors(),
                 ocr_keys: optional.ocr_keys,
             }),
@@ -286,6 +309,10 @@ impl Worker {
             labels: shared.hierarchy.labels(&probs)?,
             ..TagOutput::default()
         };
+        if self.objects.is_some() {
+            let found = self.detect_objects(rgb, &shared.object_classes)?;
+            objects::merge(&mut out.labels, found, &shared.hierarchy);
+        }
         if self.faces.is_some() {
             out.faces = self.faces(rgb, &shared.face_anchors)?;
         }
@@ -306,6 +333,32 @@ impl Worker {
         let outputs = self.classifier.run(ort::inputs!["input" => input])?;
         let (_, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
         Ok(softmax(logits))
+    }
+
+    fn detect_objects(
+        &mut self,
+        rgb: &image::RgbImage,
+        classes: &[objects::ClassInfo],
+    ) -> Result<Vec<imagetag_shared::model::Label>> {
+        let Some(session) = self.objects.as_mut() else {
+            return Ok(vec![]);
+        };
+        let letterbox = self.object_pre.tensor_into(rgb, &mut self.object_input)?;
+        let side = objects::INPUT as usize;
+        let input = TensorRef::from_array_view(([1usize, 3, side, side], &self.object_input[..]))?;
+        let outputs = session.run(ort::inputs!["input" => input])?;
+        let levels = objects::LEVELS
+            .iter()
+            .map(|&(stride, scores, distributions)| {
+                Ok(objects::Level {
+                    stride,
+                    scores: f32_output(&outputs, scores)?,
+                    distributions: f32_output(&outputs, distributions)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let detections = objects::suppress(objects::decode(&levels)?);
+        Ok(objects::labels(&detections, letterbox, classes))
     }
 
     fn faces(&mut self, rgb: &image::RgbImage, anchors: &[(f32, f32)]) -> Result<Vec<Face>> {
@@ -412,6 +465,7 @@ impl Optional {
     ) -> Self {
         let mut found = Optional::default();
         let enabled = |role: &str| match role {
+            "objects" => features.objects,
             "faces" => features.faces,
             "moderation" => features.moderation,
             _ => features.text,
@@ -437,6 +491,10 @@ impl Optional {
                 }
             }
         };
+        if let Some((path, version)) = probe("objects", "object detection") {
+            found.objects = Some(path);
+            found.versions.extend(version);
+        }
         if let Some((path, version)) = probe("faces", "face detection") {
             found.faces = Some(path);
             found.versions.extend(version);
@@ -500,6 +558,23 @@ fn environment(library: &Path) -> Result<Environment> {
 }
 
 const CLASSIFIER_IO: &[&str] = &["input", "logits"];
+const OBJECTS_IO: &[&str] = &[
+    "input",
+    "Identity:0",
+    "Identity_1:0",
+    "Identity_2:0",
+    "Identity_3:0",
+    "Identity_4:0",
+    "Identity_5:0",
+];
+
+/// A float output of a finished run, by name.
+fn f32_output<'a>(outputs: &'a SessionOutputs<'_>, name: &str) -> Result<&'a [f32]> {
+    let value = outputs
+        .get(name)
+        .with_context(|| format!("model output {name} missing"))?;
+    Ok(value.try_extract_tensor::<f32>()?.1)
+}
 
 /// One session with one intra-op thread: parallelism comes from the worker
 /// pool (one image per worker), which scales better on small machines than
@@ -531,10 +606,13 @@ fn session(environment: &Environment, model: &Path, io: &[&str]) -> Result<Sessi
     Ok(built)
 }
 
-/// Short digest of the embedded label table, part of the version: a change
+/// Short digest of the embedded label tables, part of the version: a change
 /// of names or parents changes the stored tags.
 fn table_digest() -> String {
-    hex::encode(&Sha256::digest(hierarchy::TABLE.as_bytes())[..4])
+    let mut digest = Sha256::new();
+    digest.update(hierarchy::TABLE.as_bytes());
+    digest.update(objects::TABLE.as_bytes());
+    hex::encode(&digest.finalize()[..4])
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct Entry {
     pub model: Option<String>,
     #[serde(default)]
     pub runtime: Option<String>,
+    /// The runtime library's platform (`linux-x86_64`…), see `platform`.
+    #[serde(default)]
+    pub platform: Option<String>,
 }
 
 impl Manifest {

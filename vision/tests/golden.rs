@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use imagetag_shared::model::{Label, TagOutput};
+use imagetag_shared::model::{BoundingBox, Instance, Label, TagOutput};
 use imagetag_shared::ports::{DecodedImage, TaggingBackend};
 use imagetag_vision::{LocalBackend, default_model_dir, hierarchy};
 
@@ -184,6 +184,10 @@ fn backend_identifies_itself() {
     let version = backend.version();
     assert!(version.contains("mobilenet_v2"), "{version}");
     assert!(version.contains("onnxruntime-1.31.1"), "{version}");
+    assert!(
+        version.contains("nanodet-g-human-models-3.0.4"),
+        "{version}"
+    );
 }
 
 #[test]
@@ -268,6 +272,7 @@ async fn scanned_page_is_read() {
 #[tokio::test]
 async fn optional_models_can_be_turned_off() {
     let features = imagetag_vision::Features {
+        objects: false,
         faces: false,
         moderation: true,
         text: false,
@@ -276,12 +281,12 @@ async fn optional_models_can_be_turned_off() {
     let out = backend.tag(&decoded("astronaut.png")).await.unwrap();
     assert!(out.faces.is_empty() && out.text.is_empty());
     assert!(!out.labels.is_empty());
+    assert!(out.labels.iter().all(|l| l.instances.is_empty()));
+    assert!(label(&out, "Person").is_none());
     // The version names the models that ran, so turning one on re-tags.
-    assert!(
-        !backend.version().contains("blazeface"),
-        "{}",
-        backend.version()
-    );
+    for off in ["blazeface", "nanodet"] {
+        assert!(!backend.version().contains(off), "{}", backend.version());
+    }
     assert!(
         backend.version().contains("open_nsfw"),
         "{}",
@@ -332,4 +337,124 @@ async fn rendered_text_is_read_exactly() {
         b.left < 0.06 && b.left + b.width > 0.7 && b.top < 0.3 && b.top + b.height > 0.6,
         "{b:?}"
     );
+}
+
+/// The best instance of the label `name`, with its label; fails listing what
+/// was found.
+fn best_instance(out: &TagOutput, name: &str) -> (Label, Instance) {
+    let found = label(out, name).unwrap_or_else(|| {
+        let objects: Vec<String> = out
+            .labels
+            .iter()
+            .filter(|l| !l.instances.is_empty())
+            .map(|l| format!("{} {:.1}", l.name, l.confidence))
+            .collect();
+        panic!("no {name} label; objects found: {objects:?}")
+    });
+    let best = found
+        .instances
+        .iter()
+        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))
+        .unwrap_or_else(|| panic!("{name} has no instance: {found:?}"))
+        .clone();
+    for i in &found.instances {
+        let b = i.bounding_box;
+        assert!(b.width > 0.0 && b.height > 0.0, "{i:?}");
+        assert!(b.left >= 0.0 && b.top >= 0.0, "{i:?}");
+        assert!(
+            b.left + b.width <= 1.0001 && b.top + b.height <= 1.0001,
+            "{i:?}"
+        );
+        assert!((0.0..=100.0).contains(&i.confidence), "{i:?}");
+    }
+    // A label is as confident as its best instance (or more, when the
+    // classifier is surer).
+    assert!(found.confidence >= best.confidence, "{found:?}");
+    (found.clone(), best)
+}
+
+/// Box edges (left, top, right, bottom).
+fn edges(b: BoundingBox) -> [f32; 4] {
+    [b.left, b.top, b.left + b.width, b.top + b.height]
+}
+
+fn assert_edges_within(b: BoundingBox, ranges: [std::ops::Range<f32>; 4]) {
+    for (edge, range) in edges(b).into_iter().zip(ranges) {
+        assert!(range.contains(&edge), "{b:?}: edge {edge} not in {range:?}");
+    }
+}
+
+// Expected boxes were judged by eye on the photos and allow a few percent.
+// The astronaut (512×512) fills the left two thirds, head to bottom edge.
+#[tokio::test]
+async fn astronaut_is_a_person_with_a_box() {
+    let out = tag("astronaut.png").await;
+    let (person, best) = best_instance(&out, "Person");
+    assert!(best.confidence > 50.0, "{best:?}");
+    assert_eq!(person.categories, vec!["Person Description"]);
+    assert_eq!(person.instances.len(), 1, "{person:?}");
+    assert_edges_within(
+        best.bounding_box,
+        [0.0..0.1, 0.0..0.1, 0.6..0.8, 0.9..1.0001],
+    );
+}
+
+// The motorcycle (741×500) spans most of the width, with margins above and
+// below.
+#[tokio::test]
+async fn motorcycle_photo_has_a_motorcycle_box() {
+    let out = tag("motorcycle_left.png").await;
+    let (moto, best) = best_instance(&out, "Motorcycle");
+    assert!(best.confidence > 50.0, "{best:?}");
+    assert!(moto.parents.iter().any(|p| p == "Vehicle"), "{moto:?}");
+    assert_eq!(moto.categories, vec!["Vehicles and Automotive"]);
+    assert_edges_within(
+        best.bounding_box,
+        [0.05..0.25, 0.05..0.3, 0.85..1.0001, 0.8..1.0001],
+    );
+}
+
+// The cat fills the frame. NanoDet also scores it as a dog (0.37, the same
+// box): one object gets one name.
+#[tokio::test]
+async fn cat_photo_has_one_cat_box_and_no_dog() {
+    let out = tag("chelsea.png").await;
+    let (cat, best) = best_instance(&out, "Cat");
+    assert!(best.confidence > 40.0, "{best:?}");
+    assert_eq!(cat.instances.len(), 1, "{cat:?}");
+    // The classifier is surer than the detector: the merged label keeps
+    // its confidence and gains the box.
+    assert!(cat.confidence > 90.0, "{cat:?}");
+    let b = best.bounding_box;
+    assert!(b.width > 0.8 && b.height > 0.8, "{b:?}");
+    assert!(
+        label(&out, "Dog").is_none_or(|d| d.instances.is_empty()),
+        "{:?}",
+        label(&out, "Dog")
+    );
+}
+
+// At 416×416 the cup scores 0.27 (below MIN_SCORE, see docs/models.md);
+// the wooden table it stands on, filling the frame, is found.
+#[tokio::test]
+async fn coffee_photo_has_the_table_it_stands_on() {
+    let out = tag("coffee.png").await;
+    let (table, best) = best_instance(&out, "Dining Table");
+    assert!(best.confidence > 40.0, "{best:?}");
+    assert!(table.parents.iter().any(|p| p == "Furniture"), "{table:?}");
+    let b = best.bounding_box;
+    assert!(b.width > 0.9 && b.height > 0.8, "{b:?}");
+}
+
+#[tokio::test]
+async fn photos_without_coco_objects_have_no_instances() {
+    for name in ["rocket.jpg", "page.png", "hello.png"] {
+        let out = tag(name).await;
+        let objects: Vec<&Label> = out
+            .labels
+            .iter()
+            .filter(|l| !l.instances.is_empty())
+            .collect();
+        assert!(objects.is_empty(), "{name}: {objects:?}");
+    }
 }
