@@ -337,6 +337,13 @@ fn tag_files(args: TagArgs) -> anyhow::Result<()> {
                 format!("  ← {}", label.parents.join(" ← "))
             };
             println!("  {:>5.1}  {}{parents}", label.confidence, label.name);
+            for instance in &label.instances {
+                let b = instance.bounding_box;
+                println!(
+                    "         box {:.0}% at left {:.2} top {:.2} size {:.2}×{:.2}",
+                    instance.confidence, b.left, b.top, b.width, b.height
+                );
+            }
         }
         for text in &output.text {
             println!("  text   {:?} ({:.0})", text.text, text.confidence);

@@ -68,6 +68,16 @@ fn tag_prints_rekognition_shaped_json_per_file_and_reports_bad_files() {
         "{cat_label}"
     );
 
+    // The object detector's box for the cat, merged into the same label.
+    let boxes = cat_label["instances"].as_array().expect("cat instances");
+    assert_eq!(boxes.len(), 1, "{cat_label}");
+    let b = &boxes[0]["bounding_box"];
+    for edge in ["left", "top", "width", "height"] {
+        let v = b[edge].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&v), "{edge} in {b}");
+    }
+    assert!(b["width"].as_f64().unwrap_or(0.0) > 0.8, "{b}");
+
     let text: Vec<&str> = lines[1]["output"]["text"]
         .as_array()
         .expect("text")
@@ -80,5 +90,31 @@ fn tag_prints_rekognition_shaped_json_per_file_and_reports_bad_files() {
         lines[2]["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{}",
         lines[2]
+    );
+}
+
+#[test]
+fn tag_prints_object_boxes_under_their_label() {
+    let dir = samples();
+    let out = Command::new(binary("imagetag"))
+        .arg("tag")
+        .arg(dir.join("motorcycle_left.png"))
+        .output()
+        .expect("run imagetag tag");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains(" Motorcycle  ← "))
+        .unwrap_or_else(|| panic!("no Motorcycle label line in {stdout}"));
+    let next = lines.get(at + 1).copied().unwrap_or_default();
+    assert!(
+        next.trim_start().starts_with("box ") && next.contains(" at left 0."),
+        "{next:?} in {stdout}"
     );
 }
