@@ -102,7 +102,7 @@ pub fn jpeg(width: u32, height: u32, seed: u8) -> Vec<u8> {
 }
 
 /// Incompressible pixels, so the encoded size is about 3 bytes per pixel.
-fn noise_png(width: u32, height: u32) -> Vec<u8> {
+pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let image = RgbImage::from_fn(width, height, |_, _| {
         state ^= state << 13;
