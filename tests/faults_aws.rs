@@ -180,6 +180,7 @@ async fn kill_9_of_each_service_mid_batch_indexes_every_image_exactly_once() {
     let bucket = stack.output("BucketName").to_owned();
     // Short visibility: what a killed process held reappears in seconds.
     let mut pipeline = Pipeline::start_with(&moto, &stack, &[("IMAGETAG_VISIBILITY_SECONDS", "4")]);
+    pipeline.serialize_index_commits();
     let http = api::http();
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     let s3 = moto.s3_client().await;
@@ -192,17 +193,26 @@ async fn kill_9_of_each_service_mid_batch_indexes_every_image_exactly_once() {
             count(&before, "pending") + count(&before, "tagged"),
             count(&before, "tagged"),
         );
-        for i in 0..40u32 {
-            let key = format!("{victim}/img {i:02}.png");
-            put(
-                &s3,
-                &bucket,
-                &key,
-                corpus::png(200 + i, 150, (round * 40) as u8 + i as u8),
-            )
-            .await;
-            keys.insert(key);
-        }
+        // Encoded first and uploaded from a task of their own, so the kill
+        // lands while the batch is still arriving and being worked on.
+        let batch: Vec<(String, Vec<u8>)> = (0..40u32)
+            .map(|i| {
+                (
+                    format!("{victim}/img {i:02}.png"),
+                    corpus::png(200 + i, 150, (round * 40) as u8 + i as u8),
+                )
+            })
+            .collect();
+        keys.extend(batch.iter().map(|(key, _)| key.clone()));
+        let uploads = tokio::spawn({
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            async move {
+                for (key, body) in batch {
+                    put(&s3, &bucket, &key, body).await;
+                }
+            }
+        });
         // Killed once its stage has made progress on the batch.
         until(
             &format!("progress before killing {victim}"),
@@ -219,7 +229,6 @@ async fn kill_9_of_each_service_mid_batch_indexes_every_image_exactly_once() {
             },
         )
         .await;
-        pipeline.process(victim).kill();
         let done = stats(&http, &pipeline)
             .await
             .map(|s| count(&s, "tagged"))
@@ -228,8 +237,14 @@ async fn kill_9_of_each_service_mid_batch_indexes_every_image_exactly_once() {
             "killed {victim} with {} of 40 tagged",
             done.saturating_sub(tagged)
         );
+        pipeline.process(victim).kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        pipeline.spawn(victim);
+        if victim == "indexer" {
+            pipeline.serialize_index_commits();
+        } else {
+            pipeline.spawn(victim);
+        }
+        uploads.await.expect("uploads");
         pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     }
 
@@ -254,7 +269,8 @@ async fn duplicated_late_and_out_of_order_events_leave_the_latest_object_state()
     let moto = Moto::start().await;
     let prefix = unique_prefix("order");
     let stack = deploy(&moto, &prefix, &[]).await;
-    let pipeline = Pipeline::start(&moto, &stack);
+    let mut pipeline = Pipeline::start(&moto, &stack);
+    pipeline.serialize_index_commits();
     let http = api::http();
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     let s3 = moto.s3_client().await;
@@ -544,11 +560,12 @@ async fn dependency_outages_and_throttling_delay_work_but_lose_nothing() {
     let stack = deploy(&moto, &unique_prefix("outage"), &[]).await;
     let bucket = stack.output("BucketName").to_owned();
     let proxy = FaultProxy::start(&moto.endpoint).await;
-    let pipeline = Pipeline::start_with(
+    let mut pipeline = Pipeline::start_with(
         &moto,
         &stack,
         &[("AWS_ENDPOINT_URL", proxy.endpoint.as_str())],
     );
+    pipeline.serialize_index_commits();
     let http = api::http();
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     let s3 = moto.s3_client().await;
@@ -666,6 +683,7 @@ async fn poison_messages_are_dead_lettered_with_reasons_and_redriven_after_a_fix
     // The tagger starts with a 1-megapixel limit; raising it is the fix.
     let mut pipeline = Pipeline::start(&moto, &stack);
     pipeline.spawn_with("tagger", &[("IMAGETAG_MAX_PIXELS", "1000000")]);
+    pipeline.serialize_index_commits();
     let http = api::http();
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     let s3 = moto.s3_client().await;
@@ -925,6 +943,7 @@ async fn slow_jobs_stay_invisible_and_sigterm_finishes_or_releases_work() {
         &stack,
         &[("IMAGETAG_VISIBILITY_SECONDS", visibility.as_str())],
     );
+    pipeline.serialize_index_commits();
     let http = api::http();
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     let s3 = moto.s3_client().await;

@@ -154,11 +154,12 @@ async fn hostile_uploads_end_in_defined_states_on_the_aws_wiring() {
     let stack = deploy(&moto, &prefix, &[("MaxReceiveCount", "2")]).await;
     let bucket = stack.output("BucketName").to_owned();
     let limit = corpus::SIZE_LIMIT.to_string();
-    let pipeline = Pipeline::start_with(
+    let mut pipeline = Pipeline::start_with(
         &moto,
         &stack,
         &[("IMAGETAG_MAX_OBJECT_BYTES", limit.as_str())],
     );
+    pipeline.serialize_index_commits();
     let http = api::http();
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     let s3 = moto.s3_client().await;

@@ -14,6 +14,14 @@ use super::stack::Stack;
 
 pub const SERVICES: [&str; 4] = ["ingest", "tagger", "indexer", "query"];
 
+/// The indexer's environment for tests that check tag counts under
+/// duplicated or concurrent index updates. moto applies TransactWriteItems
+/// by snapshotting the tables and restoring the snapshot when a condition
+/// fails, which also undoes the writes other requests made meanwhile (lost
+/// tag-count increments); DynamoDB isolates transactions. One commit at a
+/// time keeps that moto limitation from showing as lost counts.
+pub const ONE_COMMIT_AT_A_TIME: [(&str, &str); 1] = [("IMAGETAG_MAX_IN_FLIGHT", "1")];
+
 /// Directory holding the workspace's built binaries (`target/debug`), found
 /// from the test executable (`target/debug/deps/…`).
 pub fn binary_dir() -> PathBuf {
@@ -206,6 +214,12 @@ impl Pipeline {
             pipeline.spawn(service);
         }
         pipeline
+    }
+
+    /// Restarts the indexer so it commits one index update at a time (see
+    /// `ONE_COMMIT_AT_A_TIME`).
+    pub fn serialize_index_commits(&mut self) {
+        self.spawn_with("indexer", &ONE_COMMIT_AT_A_TIME);
     }
 
     /// (Re)starts one service with extra variables on top of the pipeline's
