@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imagetag_shared::ports::Queue;
 use serde_json::Value;
 use support::Moto;
 use support::api::{self, get_json, until};
@@ -175,6 +176,30 @@ async fn sigterm_mid_batch_stops_cleanly_and_a_restart_indexes_everything_once()
         3,
         "each consumer stops cleanly:\n{said}"
     );
+
+    // Nothing was left hidden: every message still queued is visible now,
+    // for the next start to take at once (finished work was deleted,
+    // unfinished work released). Looking counts as a receive, which only
+    // adds one to the messages' receive counts.
+    let queues = imagetag_embedded::QueueDb::open(&images.join(".imagetag/queues.db"))
+        .expect("open the queue database");
+    let mut waiting = 0;
+    for name in ["events", "tag-jobs", "index"] {
+        let depth = queues.depth(name).await.expect("depth");
+        let visible = queues
+            .queue(name, None, u32::MAX)
+            .receive(10_000, Duration::ZERO, Duration::ZERO)
+            .await
+            .expect("receive")
+            .len() as u64;
+        assert_eq!(
+            visible, depth,
+            "{name}: messages left invisible after SIGTERM"
+        );
+        waiting += depth;
+    }
+    eprintln!("{waiting} message(s) waiting after SIGTERM");
+    drop(queues);
 
     // Files added while it is stopped join the batch.
     for i in 40..50u32 {
