@@ -264,7 +264,7 @@ fn palette_png(width: u32, height: u32) -> Vec<u8> {
 /// A few hundred bytes declaring `width`×`height` RGB pixels: whoever
 /// trusts the header allocates gigabytes.
 fn bomb_png(width: u32, height: u32) -> Vec<u8> {
-    let row = vec![0u8; 1 + 3 * 64];
+    let row = [0u8; 1 + 3 * 64];
     let data: Vec<u8> = row.iter().copied().cycle().take(row.len() * 4).collect();
     raw_png(width, height, 8, 2, None, &data)
 }
