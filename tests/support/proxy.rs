@@ -1,8 +1,8 @@
 //! A fault-injecting TCP proxy between the services and moto. It forwards
 //! requests untouched until told to fail them for a while: refuse
 //! connections (the dependency is down), answer 503 (it is overloaded), or
-//! answer DynamoDB calls with `ProvisionedThroughputExceededException`
-//! (throttling). It never answers an AWS call itself other than with an
+//! answer one service's calls with a throttling error
+//! (`ProvisionedThroughputExceededException`, `ThrottlingException`). It never answers an AWS call itself other than with an
 //! error, so it injects faults without faking the API.
 //!
 //! Each forwarded request is rewritten to `Connection: close`, so every
@@ -27,9 +27,10 @@ pub enum Fault {
     Refuse,
     /// Answer every request with 503 Service Unavailable.
     ServiceUnavailable,
-    /// Answer DynamoDB requests with 400 ProvisionedThroughputExceededException
-    /// and forward the rest.
-    ThrottleDynamoDb,
+    /// Answer the JSON-protocol requests whose `X-Amz-Target` starts with
+    /// the first string (`DynamoDB_`, `RekognitionService.`) with a 400
+    /// carrying the second as the error code; forward the rest.
+    Throttle(&'static str, &'static str),
 }
 
 pub struct FaultProxy {
@@ -125,10 +126,7 @@ async fn handle(
     let json_protocol = !target.is_empty();
     let answer = match mode {
         Fault::ServiceUnavailable => Some((503, "ServiceUnavailable")),
-        Fault::ThrottleDynamoDb if target.starts_with("DynamoDB_") => Some((
-            400,
-            "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
-        )),
+        Fault::Throttle(prefix, code) if target.starts_with(prefix) => Some((400, code)),
         _ => None,
     };
     if let Some((status, code)) = answer {
