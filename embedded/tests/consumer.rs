@@ -116,6 +116,55 @@ async fn slow_work_is_extended_not_redelivered_even_with_two_consumers() {
     assert_eq!(recorder.max_concurrent.load(Ordering::SeqCst), 1);
 }
 
+/// Blocks its worker thread (as the tagger's resize does with
+/// `block_in_place`) for longer than the visibility timeout.
+struct Blocking {
+    calls: Arc<AtomicUsize>,
+    work: Duration,
+}
+
+#[async_trait]
+impl Handler for Blocking {
+    async fn handle(&self, _message: &QueueMessage) -> Result<(), HandleError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::task::block_in_place(|| std::thread::sleep(self.work));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_blocking_its_thread_still_keeps_its_message_invisible() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = QueueDb::open(&dir.path().join("q.db")).expect("db");
+    let queue = Arc::new(db.queue("jobs", Some("jobs-dlq"), 5));
+    queue.send("blocking", &HashMap::new()).await.expect("send");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let handler = Arc::new(Blocking {
+            calls: calls.clone(),
+            work: Duration::from_millis(3000),
+        });
+        consumers.push(tokio::spawn(consumer::run(
+            "jobs",
+            queue.clone(),
+            handler,
+            config(Duration::from_secs(1)),
+            shutdown.clone(),
+        )));
+    }
+    wait_until("the message to be acknowledged", async || {
+        db.depth("jobs").await.expect("depth") == 0
+    })
+    .await;
+    shutdown.cancel();
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "handled once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_retry_in_place_and_permanent_ones_dead_letter() {
     let dir = tempfile::tempdir().expect("dir");

@@ -257,20 +257,25 @@ async fn process<Q: Queue + ?Sized, H: Handler>(
             }
         }
     };
-    tokio::pin!(attempts);
-    // Keep the message invisible for as long as it is being worked on.
-    let period = config.visibility / 2;
-    let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut attempts => break outcome,
-            _ = extend.tick() => {
-                if let Err(err) = queue.change_visibility(&message.receipt, config.visibility).await {
-                    tracing::warn!(error = %err, "could not extend visibility");
-                }
-            }
-        }
-    };
+    // Keep the message invisible for as long as it is being worked on. The
+    // heartbeat is a task of its own: a handler that blocks its thread for a
+    // while (`block_in_place` around a large resize, say) would otherwise
+    // stall the extensions with it and let the message be delivered twice.
+    let stop_heartbeat = CancellationToken::new();
+    let mut heartbeat = AbortOnDrop(tokio::spawn(
+        keep_invisible(
+            queue.clone(),
+            message.receipt.clone(),
+            config.visibility,
+            stop_heartbeat.clone(),
+        )
+        .instrument(tracing::Span::current()),
+    ));
+    let outcome = attempts.await;
+    // Stopped, not aborted: an extension already sent must land before the
+    // outcome's delete, redelivery delay or release, never after it.
+    stop_heartbeat.cancel();
+    let _ = (&mut heartbeat.0).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     in_flight_gauge.dec();
     let registry = metrics::metrics();
@@ -314,6 +319,36 @@ async fn process<Q: Queue + ?Sized, H: Handler>(
     }
     if let Ok(mut map) = in_flight.lock() {
         map.remove(&message.id);
+    }
+}
+
+/// Extends the message's visibility every half timeout until `stop`.
+async fn keep_invisible<Q: Queue + ?Sized>(
+    queue: Arc<Q>,
+    receipt: String,
+    visibility: Duration,
+    stop: CancellationToken,
+) {
+    let period = visibility / 2;
+    let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            _ = extend.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(err) = queue.change_visibility(&receipt, visibility).await {
+            tracing::warn!(error = %err, "could not extend visibility");
+        }
+    }
+}
+
+/// Aborts the task when dropped, so the heartbeat also ends when the
+/// message's processing is itself aborted (at the end of the shutdown grace).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

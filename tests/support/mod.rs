@@ -7,7 +7,11 @@
 // of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
+pub mod corpus;
+pub mod index;
 pub mod moto;
+pub mod proxy;
 pub mod services;
 pub mod stack;
 

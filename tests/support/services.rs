@@ -14,6 +14,14 @@ use super::stack::Stack;
 
 pub const SERVICES: [&str; 4] = ["ingest", "tagger", "indexer", "query"];
 
+/// The indexer's environment for tests that check tag counts under
+/// duplicated or concurrent index updates. moto applies TransactWriteItems
+/// by snapshotting the tables and restoring the snapshot when a condition
+/// fails, which also undoes the writes other requests made meanwhile (lost
+/// tag-count increments); DynamoDB isolates transactions. One commit at a
+/// time keeps that moto limitation from showing as lost counts.
+pub const ONE_COMMIT_AT_A_TIME: [(&str, &str); 1] = [("IMAGETAG_MAX_IN_FLIGHT", "1")];
+
 /// Directory holding the workspace's built binaries (`target/debug`), found
 /// from the test executable (`target/debug/deps/…`).
 pub fn binary_dir() -> PathBuf {
@@ -58,6 +66,20 @@ impl ServiceProcess {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Peak resident memory so far (`VmHWM`), in KiB; `None` once exited.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        peak_rss_kib(self.child.id())
     }
 
     /// SIGTERM, as Kubernetes sends before stopping a pod; waits for exit.
@@ -171,6 +193,99 @@ impl Pipeline {
         });
     }
 
+    /// Like `start`, with some variables of the environment replaced (for
+    /// example the endpoint, to put a proxy between the services and moto).
+    pub fn start_with(moto: &Moto, stack: &Stack, overrides: &[(&str, &str)]) -> Pipeline {
+        let mut env = Self::environment(moto, stack);
+        env.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let log_dir = binary_dir().join("e2e-logs").join(&stack.prefix);
+        std::fs::create_dir_all(&log_dir).expect("log directory");
+        let mut pipeline = Pipeline {
+            env,
+            processes: Vec::new(),
+            query_port: free_port(),
+            log_dir,
+        };
+        for service in SERVICES {
+            pipeline.spawn(service);
+        }
+        pipeline
+    }
+
+    /// Restarts the indexer so it commits one index update at a time (see
+    /// `ONE_COMMIT_AT_A_TIME`).
+    pub fn serialize_index_commits(&mut self) {
+        self.spawn_with("indexer", &ONE_COMMIT_AT_A_TIME);
+    }
+
+    /// (Re)starts one service with extra variables on top of the pipeline's
+    /// environment, for this start only.
+    pub fn spawn_with(&mut self, service: &str, extra: &[(&str, &str)]) {
+        let saved = self.env.clone();
+        self.env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self.spawn(service);
+        self.env = saved;
+    }
+
+    /// Services whose log reports a panic, with the offending lines.
+    pub fn panics(&self) -> Vec<String> {
+        self.processes
+            .iter()
+            .flat_map(|p| {
+                p.log()
+                    .lines()
+                    .filter(|line| line.contains("panicked"))
+                    .map(|line| format!("{}: {line}", p.name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The value of one Prometheus sample (`name{labels}` exactly as
+    /// exposed) from a service's `/metrics`; 0 when the series is absent.
+    pub async fn metric(&self, http: &reqwest::Client, service: &str, series: &str) -> f64 {
+        let port = self
+            .processes
+            .iter()
+            .find(|p| p.name == service)
+            .unwrap_or_else(|| panic!("{service} is not running"))
+            .health_port;
+        let text = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{service} /metrics: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{service} /metrics body: {e}"));
+        text.lines()
+            .find_map(|line| {
+                let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+                value.trim().parse().ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Whether a service answers /readyz with 200 right now.
+    pub async fn is_ready(&self, http: &reqwest::Client, service: &str) -> bool {
+        let Some(process) = self.processes.iter().find(|p| p.name == service) else {
+            return false;
+        };
+        http.get(format!("http://127.0.0.1:{}/readyz", process.health_port))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    }
+
     pub fn process(&mut self, service: &str) -> &mut ServiceProcess {
         self.processes
             .iter_mut()
@@ -225,4 +340,17 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Peak resident memory (`VmHWM` in /proc/PID/status) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        line.strip_prefix("VmHWM:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -120,8 +120,11 @@ impl<S: IndexStore> IndexerService<S> {
                 output,
                 ..
             } => {
-                if !matches!(current.status, ImageStatus::Pending | ImageStatus::Tagged) {
-                    return Plan::Skip("generation is no longer taggable");
+                // A refused or failed generation can still be tagged: that is
+                // a dead-lettered job re-driven after a fix (a raised limit, a
+                // backend back in service). Only a deletion is final.
+                if current.status == ImageStatus::Deleted {
+                    return Plan::Skip("generation is deleted");
                 }
                 let mut terms = terms_for_labels(&output.labels);
                 terms.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
@@ -510,6 +513,37 @@ mod tests {
         let b = s.store.get_image("b").await.expect("ok").expect("exists");
         assert_eq!(b.status, ImageStatus::Rejected);
         assert_eq!(b.reason.as_deref(), Some("not a decodable image"));
+    }
+
+    #[tokio::test]
+    async fn a_redriven_job_tags_a_refused_generation_but_never_a_deleted_one() {
+        let s = service(100, &[pending("a", "t1"), pending("b", "t1")]);
+        for id in ["a", "b"] {
+            s.apply(&IndexMessage::Failed {
+                image_id: id.into(),
+                sequence: "t1".into(),
+                rejected: true,
+                reason: "image is too large".into(),
+            })
+            .await
+            .expect("ok");
+        }
+        {
+            let mut state = s.store.state.lock().expect("lock");
+            state.0.get_mut("b").expect("exists").status = ImageStatus::Deleted;
+        }
+        s.apply(&tagged("a", "t1", &[("Dog", 90.0)]))
+            .await
+            .expect("ok");
+        s.apply(&tagged("b", "t1", &[("Dog", 90.0)]))
+            .await
+            .expect("ok");
+        let a = s.store.get_image("a").await.expect("ok").expect("exists");
+        assert_eq!(a.status, ImageStatus::Tagged);
+        assert_eq!(a.reason, None);
+        let b = s.store.get_image("b").await.expect("ok").expect("exists");
+        assert_eq!(b.status, ImageStatus::Deleted);
+        assert_eq!(counts(&s), BTreeMap::from([("tag:dog".into(), 1)]));
     }
 
     #[tokio::test]
