@@ -160,7 +160,23 @@ impl Machine {
 }
 
 /// Sections in the order the document shows them.
-pub const SECTION_ORDER: &[&str] = &["tagging", "latency", "backfill", "search", "load", "footprint"];
+pub const SECTION_ORDER: &[&str] = &[
+    "tagging",
+    "latency",
+    "backfill",
+    "search",
+    "load",
+    "footprint",
+];
+
+/// The `scripts/bench` argument that produces a section.
+pub fn command_for(key: &str) -> &str {
+    match key {
+        "latency" | "backfill" => "embedded",
+        "load" => "search",
+        other => other,
+    }
+}
 
 pub struct ReportDir {
     fragments: PathBuf,
@@ -168,14 +184,17 @@ pub struct ReportDir {
 
 impl ReportDir {
     pub fn new(fragments: impl Into<PathBuf>) -> Self {
-        Self { fragments: fragments.into() }
+        Self {
+            fragments: fragments.into(),
+        }
     }
 
     pub fn save(&self, section: &Section, machine: &Machine) -> anyhow::Result<()> {
         fs::create_dir_all(&self.fragments)
             .with_context(|| format!("creating {}", self.fragments.display()))?;
         let path = self.fragments.join(format!("{}.md", section.key));
-        fs::write(&path, section.to_markdown(machine)).with_context(|| format!("writing {}", path.display()))
+        fs::write(&path, section.to_markdown(machine))
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Rebuilds the document from the newest fragment of every section.
@@ -193,10 +212,86 @@ impl ReportDir {
                     doc.push('\n');
                 }
                 Err(_) => {
-                    let _ = writeln!(doc, "## {key}\n\n_Not measured in the latest run (run `scripts/bench {key}`)._\n");
+                    let _ = writeln!(
+                        doc,
+                        "## {key}\n\n_Not measured in the latest run (run `scripts/bench {}`)._\n",
+                        command_for(key)
+                    );
                 }
             }
         }
         fs::write(out, doc).with_context(|| format!("writing {}", out.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> Machine {
+        Machine {
+            cpu_model: "Test CPU".into(),
+            cores: 2,
+            date: "2026-01-02".into(),
+            build: "release build".into(),
+        }
+    }
+
+    fn section(key: &'static str) -> Section {
+        let mut table = Table::new("Speed", &["workers", "images/s"]);
+        table.row(["1", "4.50"]);
+        table.row(["2", "8.25"]);
+        Section {
+            key,
+            title: format!("Title of {key}"),
+            method: "How it was measured.".into(),
+            tables: vec![table],
+            notes: vec!["A note.".into()],
+        }
+    }
+
+    #[test]
+    fn tables_render_as_markdown_and_aligned_text() {
+        let table = &section("tagging").tables[0];
+        assert_eq!(
+            table.to_markdown(),
+            "**Speed**\n\n| workers | images/s |\n|---|---|\n| 1 | 4.50 |\n| 2 | 8.25 |\n"
+        );
+        assert_eq!(
+            table.to_text(),
+            "Speed\nworkers  images/s\n-------  --------\n1        4.50\n2        8.25\n"
+        );
+    }
+
+    #[test]
+    fn assembly_orders_sections_and_marks_missing_ones() {
+        let root =
+            std::env::temp_dir().join(format!("imagetag-bench-report-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = ReportDir::new(root.join("fragments"));
+        // Saved out of order; the document follows SECTION_ORDER.
+        dir.save(&section("search"), &machine()).unwrap();
+        dir.save(&section("tagging"), &machine()).unwrap();
+        let out = root.join("benchmarks.md");
+        dir.assemble(&out).unwrap();
+        let doc = fs::read_to_string(&out).unwrap();
+        let tagging = doc.find("## Title of tagging").expect("tagging section");
+        let search = doc.find("## Title of search").expect("search section");
+        assert!(tagging < search, "{doc}");
+        assert!(doc.contains("_Measured 2026-01-02 on Test CPU (2 cores), release build._"));
+        assert!(doc.contains("| 2 | 8.25 |"));
+        assert!(doc.contains("- A note."));
+        assert!(doc.contains(
+            "## latency\n\n_Not measured in the latest run (run `scripts/bench embedded`)._"
+        ));
+        // A re-run of one section replaces only its fragment.
+        let mut rerun = section("search");
+        rerun.notes = vec!["Second run.".into()];
+        dir.save(&rerun, &machine()).unwrap();
+        dir.assemble(&out).unwrap();
+        let doc = fs::read_to_string(&out).unwrap();
+        assert!(doc.contains("- Second run."));
+        assert!(doc.contains("## Title of tagging"));
+        fs::remove_dir_all(&root).unwrap();
     }
 }

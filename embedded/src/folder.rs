@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS counters (
 /// Changes applied per transaction during a scan.
 const SCAN_BATCH: usize = 500;
 /// Quiet time before watched changes are reconciled, so a file being copied
-/// is looked at once it settles rather than at every write.
+/// is looked at once it settles rather than at every write. Changes whose
+/// last event says the file is complete (closed after writing, renamed into
+/// place, removed) do not wait for it.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 /// Watchers can drop events (queue overflow, network file systems); a
 /// periodic full scan catches whatever they missed.
@@ -304,12 +306,13 @@ impl FolderSource {
     /// they settle, plus a full scan now and then.
     pub async fn watch(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         use notify::{RecursiveMode, Watcher};
-        let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PathBuf, bool)>();
         let mut watcher = notify::recommended_watcher(
             move |event: notify::Result<notify::Event>| match event {
                 Ok(event) => {
+                    let settled = settles(&event.kind);
                     for path in event.paths {
-                        let _ = tx.send(path);
+                        let _ = tx.send((path, settled));
                     }
                 }
                 Err(err) => {
@@ -333,9 +336,23 @@ impl FolderSource {
                 }
                 path = rx.recv() => match path { Some(path) => path, None => break },
             };
-            let mut paths = BTreeSet::from([first]);
-            while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                paths.insert(path);
+            // Collect changes until every changed file is complete, or, for
+            // one still being written, until the folder has been quiet for
+            // DEBOUNCE.
+            let mut paths = BTreeSet::new();
+            let mut unsettled = BTreeSet::new();
+            note(&self.bucket, &mut paths, &mut unsettled, first);
+            loop {
+                while let Ok(change) = rx.try_recv() {
+                    note(&self.bucket, &mut paths, &mut unsettled, change);
+                }
+                if unsettled.is_empty() {
+                    break;
+                }
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(change)) => note(&self.bucket, &mut paths, &mut unsettled, change),
+                    _ => break,
+                }
             }
             // Our own temporary upload files and hidden paths are not images.
             let paths: Vec<PathBuf> = paths
@@ -355,6 +372,38 @@ impl FolderSource {
         }
         Ok(())
     }
+}
+
+/// Adds a watched change to the batch; a key whose last event left it
+/// incomplete keeps the batch waiting.
+fn note(
+    bucket: &LocalBucket,
+    paths: &mut BTreeSet<PathBuf>,
+    unsettled: &mut BTreeSet<PathBuf>,
+    (path, settled): (PathBuf, bool),
+) {
+    if bucket.key_of(&path).is_some() {
+        if settled {
+            unsettled.remove(&path);
+        } else {
+            unsettled.insert(path.clone());
+        }
+    }
+    paths.insert(path);
+}
+
+/// Whether an event leaves its file complete: closed after writing, renamed
+/// into (or out of) place, or removed. Anything else may be followed by
+/// more writes.
+fn settles(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_)
+    )
 }
 
 fn sql(err: rusqlite::Error) -> PortError {

@@ -101,6 +101,32 @@ impl SqliteStore {
         })
     }
 
+    /// Records each generation and applies its index commit, all in one
+    /// transaction, with the same conditions as `record_generation` and
+    /// `commit` one by one (any failure changes nothing). For bulk loads
+    /// (imports, benchmarks), where a transaction per image would cost more
+    /// than its writes. Generations that are duplicates or stale are an
+    /// error here, since their commits would not apply.
+    pub async fn apply_batch(&self, batch: Vec<(GenerationUpdate, IndexCommit)>) -> PortResult<()> {
+        self.write(move |db| {
+            let tx = db.transaction().map_err(db_error)?;
+            for (update, commit) in &batch {
+                match record_generation_in(&tx, update)? {
+                    Recorded::Applied => {}
+                    _ => {
+                        return Err(PortError::Conflict(format!(
+                            "image {} already has generation {} or a newer one",
+                            update.image_id, update.sequence
+                        )));
+                    }
+                }
+                commit_in(&tx, commit)?;
+            }
+            tx.commit().map_err(db_error)
+        })
+        .await
+    }
+
     async fn write<T, F>(&self, work: F) -> PortResult<T>
     where
         T: Send + 'static,
@@ -159,20 +185,21 @@ fn decode(json: &str) -> PortResult<ImageRecord> {
 
 fn store_record(db: &Connection, record: &ImageRecord) -> PortResult<()> {
     let json = serde_json::to_string(record).map_err(PortError::invalid)?;
-    db.execute(
+    db.prepare_cached(
         "INSERT INTO images (image_id, status, sequence, revision, updated_at, record)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (image_id) DO UPDATE SET status = ?2, sequence = ?3, revision = ?4,
              updated_at = ?5, record = ?6",
-        params![
-            record.image_id,
-            record.status.as_str(),
-            record.sequence,
-            record.revision as i64,
-            timestamp::format(&record.updated_at),
-            json
-        ],
     )
+    .map_err(db_error)?
+    .execute(params![
+        record.image_id,
+        record.status.as_str(),
+        record.sequence,
+        record.revision as i64,
+        timestamp::format(&record.updated_at),
+        json
+    ])
     .map_err(db_error)?;
     Ok(())
 }
@@ -195,49 +222,11 @@ impl ImageStore for SqliteStore {
         let update = update.clone();
         self.write(move |db| {
             let tx = db.transaction().map_err(db_error)?;
-            let existing = load_record(&tx, &update.image_id)?;
-            let record = match existing {
-                Some(existing) if existing.sequence == update.sequence => {
-                    return Ok(Recorded::Duplicate(Box::new(existing)));
-                }
-                Some(existing) if existing.sequence > update.sequence => {
-                    return Ok(Recorded::Stale(Box::new(existing)));
-                }
-                Some(mut record) => {
-                    apply_generation(&mut record, &update);
-                    record
-                }
-                None => {
-                    let mut record = ImageRecord {
-                        image_id: update.image_id.clone(),
-                        bucket: String::new(),
-                        key: String::new(),
-                        status: update.status,
-                        reason: None,
-                        sequence: String::new(),
-                        etag: None,
-                        version_id: None,
-                        size: 0,
-                        content_type: None,
-                        facts: None,
-                        model: None,
-                        labels: vec![],
-                        text: vec![],
-                        moderation: vec![],
-                        faces: vec![],
-                        indexed_terms: vec![],
-                        revision: 0,
-                        created_at: update.at,
-                        updated_at: update.at,
-                        tagged_at: None,
-                    };
-                    apply_generation(&mut record, &update);
-                    record
-                }
-            };
-            store_record(&tx, &record)?;
-            tx.commit().map_err(db_error)?;
-            Ok(Recorded::Applied)
+            let recorded = record_generation_in(&tx, &update)?;
+            if matches!(recorded, Recorded::Applied) {
+                tx.commit().map_err(db_error)?;
+            }
+            Ok(recorded)
         })
         .await
     }
@@ -246,6 +235,53 @@ impl ImageStore for SqliteStore {
         self.read(|db| db.execute_batch("SELECT 1").map_err(db_error))
             .await
     }
+}
+
+/// Ingest's conditional write of a generation, inside the caller's
+/// transaction.
+fn record_generation_in(tx: &Connection, update: &GenerationUpdate) -> PortResult<Recorded> {
+    let existing = load_record(tx, &update.image_id)?;
+    let record = match existing {
+        Some(existing) if existing.sequence == update.sequence => {
+            return Ok(Recorded::Duplicate(Box::new(existing)));
+        }
+        Some(existing) if existing.sequence > update.sequence => {
+            return Ok(Recorded::Stale(Box::new(existing)));
+        }
+        Some(mut record) => {
+            apply_generation(&mut record, update);
+            record
+        }
+        None => {
+            let mut record = ImageRecord {
+                image_id: update.image_id.clone(),
+                bucket: String::new(),
+                key: String::new(),
+                status: update.status,
+                reason: None,
+                sequence: String::new(),
+                etag: None,
+                version_id: None,
+                size: 0,
+                content_type: None,
+                facts: None,
+                model: None,
+                labels: vec![],
+                text: vec![],
+                moderation: vec![],
+                faces: vec![],
+                indexed_terms: vec![],
+                revision: 0,
+                created_at: update.at,
+                updated_at: update.at,
+                tagged_at: None,
+            };
+            apply_generation(&mut record, update);
+            record
+        }
+    };
+    store_record(tx, &record)?;
+    Ok(Recorded::Applied)
 }
 
 /// The object fields ingest owns; tags are left to the indexer.
@@ -279,51 +315,7 @@ impl IndexStore for SqliteStore {
         let commit = commit.clone();
         self.write(move |db| {
             let tx = db.transaction().map_err(db_error)?;
-            let current: Option<(i64, String)> = tx
-                .query_row(
-                    "SELECT revision, sequence FROM images WHERE image_id = ?1",
-                    [&commit.record.image_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(db_error)?;
-            match current {
-                Some((revision, sequence))
-                    if revision as u64 == commit.expected_revision
-                        && sequence == commit.record.sequence => {}
-                _ => {
-                    return Err(PortError::Conflict(format!(
-                        "image {} changed during the index commit",
-                        commit.record.image_id
-                    )));
-                }
-            }
-            store_record(&tx, &commit.record)?;
-            let id = &commit.record.image_id;
-            for posting in &commit.put_postings {
-                tx.execute(
-                    "INSERT INTO postings (term, image_id, confidence) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (term, image_id) DO UPDATE SET confidence = ?3",
-                    params![posting.term, id, posting.confidence as f64],
-                )
-                .map_err(db_error)?;
-            }
-            for term in &commit.delete_postings {
-                tx.execute(
-                    "DELETE FROM postings WHERE term = ?1 AND image_id = ?2",
-                    params![term, id],
-                )
-                .map_err(db_error)?;
-            }
-            for (term, delta) in &commit.count_deltas {
-                let (kind, name) = TermKind::split(term);
-                tx.execute(
-                    "INSERT INTO terms (term, kind, name, image_count) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (term) DO UPDATE SET image_count = image_count + ?4",
-                    params![term, kind.as_str(), name, delta],
-                )
-                .map_err(db_error)?;
-            }
+            commit_in(&tx, &commit)?;
             tx.commit().map_err(db_error)
         })
         .await
@@ -336,6 +328,61 @@ impl IndexStore for SqliteStore {
     async fn ping(&self) -> PortResult<()> {
         ImageStore::ping(self).await
     }
+}
+
+/// The indexer's conditional commit, inside the caller's transaction.
+fn commit_in(tx: &Connection, commit: &IndexCommit) -> PortResult<()> {
+    let current: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT revision, sequence FROM images WHERE image_id = ?1",
+            [&commit.record.image_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(db_error)?;
+    match current {
+        Some((revision, sequence))
+            if revision as u64 == commit.expected_revision
+                && sequence == commit.record.sequence => {}
+        _ => {
+            return Err(PortError::Conflict(format!(
+                "image {} changed during the index commit",
+                commit.record.image_id
+            )));
+        }
+    }
+    store_record(tx, &commit.record)?;
+    let id = &commit.record.image_id;
+    // Cached statements: a commit runs the same few statements per term.
+    let mut put = tx
+        .prepare_cached(
+            "INSERT INTO postings (term, image_id, confidence) VALUES (?1, ?2, ?3)
+             ON CONFLICT (term, image_id) DO UPDATE SET confidence = ?3",
+        )
+        .map_err(db_error)?;
+    for posting in &commit.put_postings {
+        put.execute(params![posting.term, id, posting.confidence as f64])
+            .map_err(db_error)?;
+    }
+    let mut delete = tx
+        .prepare_cached("DELETE FROM postings WHERE term = ?1 AND image_id = ?2")
+        .map_err(db_error)?;
+    for term in &commit.delete_postings {
+        delete.execute(params![term, id]).map_err(db_error)?;
+    }
+    let mut count = tx
+        .prepare_cached(
+            "INSERT INTO terms (term, kind, name, image_count) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (term) DO UPDATE SET image_count = image_count + ?4",
+        )
+        .map_err(db_error)?;
+    for (term, delta) in &commit.count_deltas {
+        let (kind, name) = TermKind::split(term);
+        count
+            .execute(params![term, kind.as_str(), name, delta])
+            .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -6,6 +6,11 @@
 //! hundred bytes is refused, not allocated), and the decoder's own
 //! allocations are capped. Decoding is CPU-bound, so it runs on the blocking
 //! pool behind a semaphore (`crate::pool::CpuPool`) and never stalls the async runtime.
+//!
+//! The models never look at more than about a megapixel, so a large JPEG is
+//! decoded at reduced scale in the DCT domain (1/2, 1/4 or 1/8, see
+//! [`DEFAULT_DECODE_SIDE`]): a 12 MP photo costs a fraction of a full decode,
+//! and every resize after it starts from a quarter of the pixels or fewer.
 
 use std::io::Cursor;
 
@@ -19,6 +24,13 @@ use crate::pool::CpuPool;
 
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 pub const DEFAULT_MAX_DIMENSION: u32 = 20_000;
+
+/// Longest side a reduced-scale JPEG decode keeps at least. The largest
+/// input of any model is the text detector's 960 (`imagetag_vision::ocr::DET_LIMIT`);
+/// text recognition crops lines out of these pixels and reads them at 48
+/// pixels high, so the decode keeps twice the detector's resolution. The
+/// thumbnail (320) and the other models (≤ 416) need less.
+pub const DEFAULT_DECODE_SIDE: u32 = 1920;
 
 /// Bytes per pixel the decoders may need for the widest sample layout we
 /// expect (16-bit RGBA). Float TIFFs need more and are refused by the
@@ -135,9 +147,29 @@ pub fn format_name(format: ImageFormat) -> String {
     }
 }
 
-/// Decodes `encoded` synchronously. Call it from the blocking pool (see
-/// `Decoder`), never from an async task.
+/// An image decoded for tagging: the pixels (possibly at reduced scale) and
+/// the upright size of the image as stored, which is what the record says.
+pub struct Decoded {
+    pub image: DecodedImage,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes `encoded` at full size, synchronously. Call it from the blocking
+/// pool (see `Decoder`), never from an async task.
 pub fn decode_image(encoded: Bytes, limits: &DecodeLimits) -> Result<DecodedImage, DecodeError> {
+    decode_scaled(encoded, limits, None).map(|decoded| decoded.image)
+}
+
+/// As [`decode_image`], but a JPEG at least twice `min_side` on its longer
+/// side is decoded at the smallest DCT scale that keeps its longer side at
+/// `min_side` or more. Every check (format, completeness, limits, EXIF
+/// orientation) is the same as for a full decode.
+pub fn decode_scaled(
+    encoded: Bytes,
+    limits: &DecodeLimits,
+    min_side: Option<u32>,
+) -> Result<Decoded, DecodeError> {
     if encoded.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -200,16 +232,67 @@ pub fn decode_image(encoded: Bytes, limits: &DecodeLimits) -> Result<DecodedImag
     // Broken EXIF must not cost an otherwise good image its tags: without a
     // readable orientation the pixels are used as stored.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|err| map_error(err, &name, limits))?;
+    let (width, height) = upright(width, height, orientation);
+    let reduced = match min_side {
+        Some(side) if format == ImageFormat::Jpeg => reduced_jpeg(&encoded, side, limits),
+        _ => None,
+    };
+    let mut image = match reduced {
+        Some(rgb) => {
+            // The full decoder borrows the bytes, which the result keeps.
+            drop(decoder);
+            DynamicImage::ImageRgb8(rgb)
+        }
+        None => DynamicImage::from_decoder(decoder).map_err(|err| map_error(err, &name, limits))?,
+    };
     image.apply_orientation(orientation);
     let rgb = image.into_rgb8();
 
-    Ok(DecodedImage {
-        encoded,
-        rgb,
-        format: name,
+    Ok(Decoded {
+        image: DecodedImage {
+            encoded,
+            rgb,
+            format: name,
+        },
+        width,
+        height,
     })
+}
+
+/// Size after applying `orientation`: quarter turns swap the sides.
+fn upright(width: u32, height: u32, orientation: Orientation) -> (u32, u32) {
+    match orientation {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (height, width),
+        _ => (width, height),
+    }
+}
+
+/// The JPEG decoded at the smallest of 1/8, 1/4 and 1/2 that keeps its
+/// longer side at `min_side` or more (IDCT on fewer coefficients, so the
+/// full-size pixels never exist). `None` when no reduction applies or the
+/// reduced decode cannot give 8-bit RGB or grey; the full decoder then
+/// decides, so errors and colour handling (CMYK, 16-bit) stay its own.
+fn reduced_jpeg(encoded: &[u8], min_side: u32, limits: &DecodeLimits) -> Option<image::RgbImage> {
+    let mut decoder = jpeg_decoder::Decoder::new(encoded);
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    if u32::from(info.width.max(info.height)) < min_side.saturating_mul(2) {
+        return None;
+    }
+    decoder.set_max_decoding_buffer_size(usize::try_from(limits.max_alloc()).unwrap_or(usize::MAX));
+    let side = u16::try_from(min_side).unwrap_or(u16::MAX);
+    let (width, height) = decoder.scale(side, side).ok()?;
+    let pixels = decoder.decode().ok()?;
+    let (width, height) = (u32::from(width), u32::from(height));
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => image::RgbImage::from_raw(width, height, pixels),
+        jpeg_decoder::PixelFormat::L8 => image::GrayImage::from_raw(width, height, pixels)
+            .map(|grey| DynamicImage::ImageLuma8(grey).into_rgb8()),
+        _ => None,
+    }
 }
 
 /// Whether a JPEG's image data is followed by its end-of-image marker.
@@ -303,11 +386,25 @@ fn map_error(err: ImageError, format: &str, limits: &DecodeLimits) -> DecodeErro
 pub struct Decoder {
     limits: DecodeLimits,
     pool: CpuPool,
+    min_side: Option<u32>,
 }
 
 impl Decoder {
+    /// Large JPEGs are decoded at reduced scale down to
+    /// [`DEFAULT_DECODE_SIDE`]; see [`Decoder::with_min_side`].
     pub fn new(limits: DecodeLimits, pool: CpuPool) -> Self {
-        Self { limits, pool }
+        Self {
+            limits,
+            pool,
+            min_side: Some(DEFAULT_DECODE_SIDE),
+        }
+    }
+
+    /// Longest side a reduced-scale decode keeps at least; `None` always
+    /// decodes at full size.
+    pub fn with_min_side(mut self, min_side: Option<u32>) -> Self {
+        self.min_side = min_side;
+        self
     }
 
     pub fn pool(&self) -> &CpuPool {
@@ -318,10 +415,10 @@ impl Decoder {
         &self.limits
     }
 
-    pub async fn decode(&self, encoded: Bytes) -> Result<DecodedImage, DecodeError> {
-        let limits = self.limits;
+    pub async fn decode(&self, encoded: Bytes) -> Result<Decoded, DecodeError> {
+        let (limits, min_side) = (self.limits, self.min_side);
         self.pool
-            .run(move || decode_image(encoded, &limits))
+            .run(move || decode_scaled(encoded, &limits, min_side))
             .await
             .unwrap_or_else(|panic| {
                 // A decoder panic on crafted input is a property of the
@@ -632,11 +729,100 @@ mod tests {
         assert_eq!(decoded.rgb.dimensions(), (2, 4));
     }
 
+    /// Quadrants (red, green / blue, white) on 16-pixel boundaries, so
+    /// neither chroma subsampling nor a reduced-scale IDCT mixes colours
+    /// away from the edges.
+    fn quadrants(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            match (x < width / 2, y < height / 2) {
+                (true, true) => Rgb([255, 0, 0]),
+                (false, true) => Rgb([0, 255, 0]),
+                (true, false) => Rgb([0, 0, 255]),
+                (false, false) => Rgb([255, 255, 255]),
+            }
+        })
+    }
+
+    fn near(pixel: &Rgb<u8>, want: [u8; 3]) -> bool {
+        pixel.0.iter().zip(want).all(|(&a, b)| a.abs_diff(b) < 40)
+    }
+
+    #[test]
+    fn large_jpeg_decodes_at_reduced_scale_with_its_stored_size() {
+        let full = quadrants(1024, 768);
+        let decoded =
+            decode_scaled(Bytes::from(jpeg(&full)), &limits(), Some(256)).expect("decodes");
+        // 1/4 keeps the longer side at 256 (1/8 would give 128).
+        assert_eq!(decoded.image.rgb.dimensions(), (256, 192));
+        assert_eq!((decoded.width, decoded.height), (1024, 768));
+        assert_eq!(decoded.image.format, "jpeg");
+        let rgb = &decoded.image.rgb;
+        assert!(
+            near(rgb.get_pixel(60, 40), [255, 0, 0]),
+            "{:?}",
+            rgb.get_pixel(60, 40)
+        );
+        assert!(near(rgb.get_pixel(200, 40), [0, 255, 0]));
+        assert!(near(rgb.get_pixel(60, 150), [0, 0, 255]));
+        assert!(near(rgb.get_pixel(200, 150), [255, 255, 255]));
+    }
+
+    #[test]
+    fn reduced_decode_applies_exif_orientation_and_reports_the_upright_size() {
+        let full = quadrants(1024, 512);
+        let bytes = with_exif_orientation(&jpeg(&full), 6);
+        let decoded = decode_scaled(bytes, &limits(), Some(256)).expect("decodes");
+        assert_eq!(decoded.image.rgb.dimensions(), (128, 256));
+        assert_eq!((decoded.width, decoded.height), (512, 1024));
+        // Turned clockwise: the stored top-left (red) is now top-right.
+        let rgb = &decoded.image.rgb;
+        assert!(
+            near(rgb.get_pixel(96, 32), [255, 0, 0]),
+            "{:?}",
+            rgb.get_pixel(96, 32)
+        );
+        assert!(near(rgb.get_pixel(32, 32), [0, 0, 255]));
+        assert!(near(rgb.get_pixel(96, 224), [0, 255, 0]));
+    }
+
+    #[test]
+    fn images_below_twice_the_side_and_other_formats_decode_at_full_size() {
+        let small = quadrants(500, 300);
+        let decoded =
+            decode_scaled(Bytes::from(jpeg(&small)), &limits(), Some(256)).expect("decodes");
+        assert_eq!(decoded.image.rgb.dimensions(), (500, 300));
+        let decoded = decode_scaled(png(1024, 768), &limits(), Some(256)).expect("decodes");
+        assert_eq!(decoded.image.rgb.dimensions(), (1024, 768));
+        let decoded = decode_scaled(Bytes::from(jpeg(&quadrants(1024, 768))), &limits(), None)
+            .expect("decodes");
+        assert_eq!(decoded.image.rgb.dimensions(), (1024, 768));
+    }
+
+    #[test]
+    fn reduced_decode_keeps_the_limits_and_the_completeness_check() {
+        let full = jpeg(&quadrants(1024, 768));
+        let tight = DecodeLimits {
+            max_pixels: 500_000,
+            max_dimension: 20_000,
+        };
+        let err = match decode_scaled(Bytes::from(full.clone()), &tight, Some(256)) {
+            Ok(decoded) => panic!("decoded to {:?}", decoded.image.rgb.dimensions()),
+            Err(err) => err,
+        };
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err:?}");
+        let truncated = Bytes::copy_from_slice(&full[..full.len() / 2]);
+        let err = match decode_scaled(truncated, &limits(), Some(256)) {
+            Ok(decoded) => panic!("decoded to {:?}", decoded.image.rgb.dimensions()),
+            Err(err) => err,
+        };
+        assert!(matches!(err, DecodeError::Corrupt { .. }), "{err:?}");
+    }
+
     #[tokio::test]
     async fn decoder_runs_on_the_blocking_pool() {
         let decoder = Decoder::new(limits(), CpuPool::new(1));
         let (a, b) = tokio::join!(decoder.decode(png(3, 3)), decoder.decode(png(4, 4)));
-        assert_eq!(a.expect("decodes").rgb.dimensions(), (3, 3));
-        assert_eq!(b.expect("decodes").rgb.dimensions(), (4, 4));
+        assert_eq!(a.expect("decodes").image.rgb.dimensions(), (3, 3));
+        assert_eq!(b.expect("decodes").image.rgb.dimensions(), (4, 4));
     }
 }

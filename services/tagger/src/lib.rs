@@ -154,19 +154,23 @@ impl<O: ObjectStore, Q: Queue, B: TaggingBackend> TaggerService<O, Q, B> {
         let object_bytes = bytes.len();
 
         let stage = Instant::now();
-        let image = match self.decoder.decode(bytes).await {
-            Ok(image) => image,
+        let (image, facts) = match self.decoder.decode(bytes).await {
+            // The pixels may be a reduced-scale decode; the facts describe
+            // the image as stored.
+            Ok(decoded) => {
+                let facts = ImageFacts {
+                    width: decoded.width,
+                    height: decoded.height,
+                    format: decoded.image.format.clone(),
+                };
+                (decoded.image, facts)
+            }
             Err(err) => {
                 tracing::info!(reason = %err, fetch_ms, object_bytes, "image refused");
                 return self.reject(job, err.to_string()).await;
             }
         };
         let decode_ms = elapsed_ms(stage);
-        let facts = ImageFacts {
-            width: image.rgb.width(),
-            height: image.rgb.height(),
-            format: image.format.clone(),
-        };
 
         let stage = Instant::now();
         let output = match self.backend.tag(&image).await {
