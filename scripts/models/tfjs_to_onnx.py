@@ -27,7 +27,9 @@ which also lets Resize and SAME padding be expressed as constants.
 """
 
 import argparse
+import base64
 import json
+import os
 import sys
 
 import numpy as np
@@ -42,7 +44,6 @@ DTYPES = {
     "bool": (np.bool_, 1),
 }
 QUANTIZED = {"float16": (np.float16, 2), "uint8": (np.uint8, 1), "uint16": (np.uint16, 2)}
-TF_DTYPES = {"DT_FLOAT": np.float32, "DT_INT32": np.int32, "DT_INT64": np.int64, "DT_BOOL": np.bool_}
 
 NHWC_TO_NCHW = [0, 3, 1, 2]
 NCHW_TO_NHWC = [0, 2, 3, 1]
@@ -97,8 +98,6 @@ def attr(node, key, kind, default=None):
             raise ConversionError(f"{node['name']}: missing attribute {key}")
         return default
     if kind == "s":
-        import base64
-
         return base64.b64decode(value.get("s", "")).decode()
     if kind == "ints":
         return [int(v) for v in value.get("list", {}).get("i", [])]
@@ -129,7 +128,6 @@ class Converter:
 
     def __init__(self, model, weights, input_shape):
         self.graph = model["modelTopology"]["node"]
-        self.signature = model.get("signature", {})
         self.weights = weights
         self.input_shape = input_shape
         self.nodes = []
@@ -154,10 +152,9 @@ class Converter:
         return Value(out, shape)
 
     def onnx_input(self, value):
-        if value.const is not None:
-            if value.name is None:
-                value.name = self.constant(value.const)
-            return value.name
+        """The value's ONNX name; a constant becomes an initializer once."""
+        if value.const is not None and value.name is None:
+            value.name = self.constant(value.const)
         return value.name
 
     def transpose(self, value, perm, hint):
@@ -190,7 +187,6 @@ class Converter:
                 outputs = [Value(const=self.weights[node["name"]])]
             elif op == "Placeholder":
                 outputs = [Value("input", self.input_shape)]
-                self.input_name = node["name"]
             elif inputs and all(v.const is not None for v in inputs) and op != "Identity":
                 outputs = [Value(const=c) for c in self.fold(node, [v.const for v in inputs])]
             else:
@@ -580,8 +576,6 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--input-shape", help="comma-separated, e.g. 1,3,416,416")
     args = parser.parse_args()
-    import os
-
     base = os.path.dirname(os.path.abspath(args.model_json))
 
     def read_shard(path):

@@ -136,10 +136,10 @@ pub fn decode(levels: &[Level]) -> Result<Vec<Detection>> {
             let cx = ((cell % grid) as f32 + 0.5) * stride;
             let cy = ((cell / grid) as f32 + 0.5) * stride;
             let dist = &level.distributions[cell * 4 * BINS..(cell + 1) * 4 * BINS];
-            let d: Vec<f32> = dist
-                .chunks_exact(BINS)
-                .map(|bins| expectation(bins) * stride)
-                .collect();
+            let mut d = [0f32; 4];
+            for (side, bins) in d.iter_mut().zip(dist.chunks_exact(BINS)) {
+                *side = expectation(bins) * stride;
+            }
             let bbox = [cx - d[0], cy - d[1], cx + d[2], cy + d[3]];
             for (class, &score) in scores.iter().enumerate() {
                 if score >= MIN_SCORE {
