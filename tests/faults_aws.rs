@@ -174,7 +174,7 @@ async fn assert_exactly_indexed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_each_service_mid_batch_indexes_every_image_exactly_once() {
+async fn kill_9_or_sigterm_of_each_service_mid_batch_indexes_every_image_exactly_once() {
     let moto = Moto::start().await;
     let stack = deploy(&moto, &unique_prefix("kill"), &[]).await;
     let bucket = stack.output("BucketName").to_owned();
@@ -248,7 +248,64 @@ async fn kill_9_of_each_service_mid_batch_indexes_every_image_exactly_once() {
         pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     }
 
-    wait_tagged(&http, &pipeline, keys.len() as u64, "all 160 images tagged").await;
+    // SIGTERM mid-batch: the consumer finishes or releases what it holds,
+    // so once it has exited nothing of its queue is left invisible.
+    for (victim, queue) in [("ingest", "EventsQueueUrl"), ("indexer", "IndexQueueUrl")] {
+        let before = stats(&http, &pipeline).await.expect("stats");
+        let (recorded, tagged) = (
+            count(&before, "pending") + count(&before, "tagged"),
+            count(&before, "tagged"),
+        );
+        let batch: Vec<(String, Vec<u8>)> = (0..20u32)
+            .map(|i| {
+                (
+                    format!("sigterm-{victim}/img {i:02}.png"),
+                    corpus::png(180 + i, 120, i as u8),
+                )
+            })
+            .collect();
+        keys.extend(batch.iter().map(|(key, _)| key.clone()));
+        let uploads = tokio::spawn({
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            async move {
+                for (key, body) in batch {
+                    put(&s3, &bucket, &key, body).await;
+                }
+            }
+        });
+        until(
+            &format!("progress before stopping {victim}"),
+            PATIENCE,
+            || pipeline.logs(),
+            || async {
+                let now = stats(&http, &pipeline).await?;
+                let progressed = if victim == "ingest" {
+                    count(&now, "pending") + count(&now, "tagged") > recorded
+                } else {
+                    count(&now, "tagged") > tagged
+                };
+                progressed.then_some(())
+            },
+        )
+        .await;
+        let status = pipeline
+            .process(victim)
+            .terminate(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{victim} ignored SIGTERM"));
+        assert!(status.success(), "{victim} exited with {status:?}");
+        let (_, hidden) = api::queue_depth(&sqs, stack.output(queue)).await;
+        assert_eq!(hidden, 0, "{victim} left messages invisible after SIGTERM");
+        if victim == "indexer" {
+            pipeline.serialize_index_commits();
+        } else {
+            pipeline.spawn(victim);
+        }
+        uploads.await.expect("uploads");
+        pipeline.wait_ready(&http, Duration::from_secs(60)).await;
+    }
+
+    wait_tagged(&http, &pipeline, keys.len() as u64, "every image tagged").await;
     let snapshot = assert_exactly_indexed(&moto, &stack, &http, &pipeline, &keys).await;
     assert_eq!(
         snapshot.records.len(),
