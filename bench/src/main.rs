@@ -179,6 +179,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn emit(dir: &ReportDir, section: &Section, machine: &Machine) -> anyhow::Result<()> {
+    let mut section = section.clone();
+    // Other work on the machine skews absolute times; say how busy it was.
+    if let Some(load) = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+    {
+        section.notes.push(format!(
+            "Load average (1 min) on this {}-core machine when the section finished: {load}.",
+            machine.cores
+        ));
+    }
     section.print();
-    dir.save(section, machine)
+    dir.save(&section, machine)
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 /// One section of the report: a heading, what was measured and how, tables,
 /// and notes that explain the numbers (goals met or missed and why).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Section {
     pub key: &'static str,
     pub title: String,
@@ -22,7 +22,7 @@ pub struct Section {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Table {
     pub caption: String,
     pub headers: Vec<String>,

@@ -271,6 +271,12 @@ async fn stages(options: &Options, set: &[Photo]) -> anyhow::Result<Stages> {
     // Each model's share: the time of all models minus the time without it
     // (its resize included). The classifier always runs.
     let all = Features::default();
+    // Field by field, so models added to `Features` later stay at their
+    // defaults here.
+    let mut classifier_only = all;
+    classifier_only.faces = false;
+    classifier_only.moderation = false;
+    classifier_only.text = false;
     let configs: Vec<(&str, Features)> = vec![
         ("all models", all),
         (
@@ -288,15 +294,7 @@ async fn stages(options: &Options, set: &[Photo]) -> anyhow::Result<Stages> {
             },
         ),
         ("without OCR", Features { text: false, ..all }),
-        (
-            "classifier only",
-            Features {
-                faces: false,
-                moderation: false,
-                text: false,
-                ..all
-            },
-        ),
+        ("classifier only", classifier_only),
     ];
     let mut model_ms = BTreeMap::new();
     let policy = Policy::default();
