@@ -304,7 +304,11 @@ fn workspace_binaries() -> BTreeSet<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["publish"].as_array().is_none_or(|registries| !registries.is_empty()))
+        .filter(|p| {
+            p["publish"]
+                .as_array()
+                .is_none_or(|registries| !registries.is_empty())
+        })
         .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
         .filter(|t| {
             t["kind"]
