@@ -121,7 +121,7 @@ impl Config {
     }
 
     /// Everything the router needs, around `store`.
-    pub fn app_state<S: SearchStore>(&self, store: Arc<S>) -> anyhow::Result<AppState<S>> {
+    pub fn app_state(&self, store: Arc<dyn SearchStore>) -> anyhow::Result<AppState> {
         Ok(AppState::new(store, &self.cursor_key())
             .with_request_timeout(self.request_timeout())
             .with_cors_origins(self.cors_origins()?))

@@ -7,7 +7,22 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use imagetag_shared::PortError;
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for clients to branch on: `invalid_parameter`, `not_found`,
+    /// `timeout`, `dependency_unavailable`, …
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -108,7 +123,12 @@ impl IntoResponse for ApiError {
             Self::Timeout => tracing::warn!("request timed out"),
             _ => {}
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.public_message(),
+            },
+        };
         (self.status(), Json(body)).into_response()
     }
 }

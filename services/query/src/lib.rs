@@ -13,5 +13,7 @@ pub mod ui;
 
 pub use error::ApiError;
 pub use media::Media;
-pub use routes::{ApiPath, ApiQuery, AppState, DEFAULT_REQUEST_TIMEOUT, MAX_BODY_BYTES, router};
+pub use routes::{
+    ApiPath, ApiQuery, AppState, DEFAULT_REQUEST_TIMEOUT, MAX_BODY_BYTES, openapi, router,
+};
 pub use search::{DEFAULT_EXAMINE_BUDGET, ImageSummary, SearchPage};
