@@ -2,11 +2,14 @@
 //! category and status, serves originals and thumbnails, and takes uploads.
 //! All logic lives here; `main.rs` only wires the AWS adapters.
 
+pub mod auth;
 pub mod config;
 mod cursor;
 pub mod error;
 pub mod media;
+pub mod operations;
 pub mod params;
+pub mod ratelimit;
 mod routes;
 pub mod search;
 pub mod ui;

@@ -27,8 +27,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::AccessPolicy;
 use crate::error::{ApiError, ErrorBody};
 use crate::media::{Media, Stats, UploadRequest, UploadTicket};
+use crate::operations::{Accepted, Operations, RedriveReport, RedriveRequest};
 use crate::params::{SearchParams, TagParams, validate_image_id};
 use crate::search::{self, DEFAULT_EXAMINE_BUDGET, SearchPage};
 
@@ -47,6 +49,8 @@ pub struct AppState {
     request_timeout: Duration,
     cors_origins: Vec<HeaderValue>,
     media: Option<Arc<Media>>,
+    access: Arc<AccessPolicy>,
+    operations: Arc<Operations>,
 }
 
 impl AppState {
@@ -60,7 +64,22 @@ impl AppState {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             cors_origins: Vec::new(),
             media: None,
+            access: Arc::new(AccessPolicy::default()),
+            operations: Arc::new(Operations::default()),
         }
+    }
+
+    /// Who may read and write; by default reads are open and writes need a
+    /// credential (of which there is none until keys or OIDC are set up).
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        self.access = Arc::new(access);
+        self
+    }
+
+    /// Enables deleting, re-tagging and re-driving.
+    pub fn with_operations(mut self, operations: Operations) -> Self {
+        self.operations = Arc::new(operations);
+        self
     }
 
     /// Serves originals, thumbnails and uploads from `media`.
@@ -106,6 +125,9 @@ fn documented_routes(upload_limit: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(get_content))
         .routes(routes!(get_thumbnail))
         .routes(routes!(start_upload))
+        .routes(routes!(delete_image))
+        .routes(routes!(retag_image))
+        .routes(routes!(redrive))
         .merge(uploads)
         .merge(crate::ui::routes())
 }
@@ -117,6 +139,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
+    modifiers(&BearerScheme),
     info(
         title = "imagetag",
         description = "Search images by the tags imagetag found in them, and upload new ones.",
@@ -126,10 +149,32 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (name = "search", description = "Find images and tags"),
         (name = "media", description = "Originals, thumbnails and uploads"),
         (name = "operations", description = "Probes, metrics and this document"),
+        (name = "admin", description = "Deleting, re-tagging and re-driving (need write rights)"),
         (name = "ui", description = "The web UI")
     )
 )]
 struct ApiDoc;
+
+/// Declares the bearer scheme the write routes name in `security`.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`itk_…`) or, where OIDC is configured, a JWT from the issuer",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
@@ -137,6 +182,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.media.as_ref().map_or(MAX_BODY_BYTES, |m| {
         MAX_BODY_BYTES.max(m.max_upload_bytes as usize)
     });
+    let access = Arc::clone(&state.access);
     let (routes, document) = documented_routes(body_limit).split_for_parts();
     let document = OpenApiJson(
         serde_json::to_string(&document)
@@ -144,6 +190,9 @@ pub fn router(state: AppState) -> Router {
             .into(),
     );
     let router = routes
+        // After routing, so the route template decides what a request
+        // needs (and the metrics count refusals too).
+        .route_layer(middleware::from_fn_with_state(access, crate::auth::access))
         // After routing, so the route template (not the raw path, which
         // holds ids) labels the latency histogram.
         .route_layer(middleware::from_fn(record_request_metrics))
@@ -163,8 +212,17 @@ pub fn router(state: AppState) -> Router {
         router.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(cors_origins))
-                .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT])
-                .allow_headers([axum::http::header::CONTENT_TYPE])
+                .allow_methods([
+                    Method::GET,
+                    Method::HEAD,
+                    Method::POST,
+                    Method::PUT,
+                    Method::DELETE,
+                ])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::header::AUTHORIZATION,
+                ])
                 .max_age(Duration::from_secs(600)),
         )
     };
@@ -456,9 +514,13 @@ async fn get_thumbnail(
 /// presigned storage URL, or this API in one-process mode.
 #[utoipa::path(post, path = "/v1/uploads", tag = "media",
     request_body = UploadRequest,
+    security(("bearer" = [])),
     responses(
         (status = 201, description = "Where to send the bytes", body = UploadTicket),
         (status = 400, description = "Not an image type, too large, or a malformed body", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 404, description = "This deployment takes no uploads", body = ErrorBody),
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
     ))]
@@ -477,9 +539,13 @@ async fn start_upload(
     params(("token" = String, Path, description = "From the upload URL; signed and short-lived")),
     request_body(content(("image/jpeg"), ("image/png"), ("image/gif"), ("image/webp"),
         ("image/bmp"), ("image/tiff"))),
+    security(("bearer" = [])),
     responses(
         (status = 204, description = "Stored; the image is on its way to being tagged"),
         (status = 400, description = "Invalid or expired token, or not what was announced", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 404, description = "This deployment takes no uploads", body = ErrorBody),
         (status = 413, description = "Larger than the upload limit", body = ErrorBody),
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
@@ -494,6 +560,73 @@ async fn finish_upload(
         .finish_upload(&token, headers.get(axum::http::header::CONTENT_TYPE), body)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the image's object; the pipeline then unindexes it as it does
+/// any deletion.
+#[utoipa::path(delete, path = "/v1/images/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Image id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The object is deleted; the index follows", body = Accepted),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 404, description = "No such image, or deleting is not enabled here", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Storage or the index is unavailable", body = ErrorBody)
+    ))]
+async fn delete_image(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    validate_image_id(&id)?;
+    let accepted = state.operations.delete(state.store.as_ref(), &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Tags the image again (after a model or policy change).
+#[utoipa::path(post, path = "/v1/images/{id}/retag", tag = "admin",
+    params(("id" = String, Path, description = "Image id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "A tag job is queued", body = Accepted),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 404, description = "No such image, or re-tagging is not enabled here", body = ErrorBody),
+        (status = 409, description = "The image is rejected or failed: upload it again", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The queue or the index is unavailable", body = ErrorBody)
+    ))]
+async fn retag_image(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    validate_image_id(&id)?;
+    let accepted = state.operations.retag(state.store.as_ref(), &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Moves dead-lettered messages back to their queues after a fix.
+#[utoipa::path(post, path = "/v1/admin/redrive", tag = "admin",
+    request_body = RedriveRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Messages moved, by queue", body = RedriveReport),
+        (status = 400, description = "Unknown queue or bad limit", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 404, description = "No dead-letter queues configured here", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "A queue is unavailable", body = ErrorBody)
+    ))]
+async fn redrive(
+    State(state): State<AppState>,
+    request: Result<Json<RedriveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RedriveReport>, ApiError> {
+    let Json(request) = request?;
+    Ok(Json(state.operations.redrive(request).await?))
 }
 
 async fn record_request_metrics(request: Request, next: Next) -> Response {

@@ -140,12 +140,15 @@ async fn every_documented_operation_is_served_and_every_served_route_documented(
         ("GET", "/openapi.json"),
         ("GET", "/v1/images"),
         ("GET", "/v1/images/{id}"),
+        ("DELETE", "/v1/images/{id}"),
+        ("POST", "/v1/images/{id}/retag"),
         ("GET", "/v1/images/{id}/content"),
         ("GET", "/v1/images/{id}/thumbnail"),
         ("GET", "/v1/tags"),
         ("GET", "/v1/stats"),
         ("POST", "/v1/uploads"),
         ("PUT", "/v1/uploads/{token}"),
+        ("POST", "/v1/admin/redrive"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
@@ -169,17 +172,22 @@ async fn every_documented_operation_is_served_and_every_served_route_documented(
 }
 
 #[tokio::test]
-async fn errors_and_parameters_are_documented() {
+async fn errors_and_write_routes_are_documented() {
     let document = document().await;
     let error = &document["components"]["schemas"]["ErrorBody"];
     assert_eq!(error["required"], serde_json::json!(["error"]), "{error}");
     let upload = &document["paths"]["/v1/uploads"]["post"];
-    for status in ["201", "400"] {
+    for status in ["201", "400", "401", "403", "429"] {
         assert!(
             upload["responses"][status].is_object(),
             "{status}: {upload}"
         );
     }
+    assert_eq!(upload["security"], serde_json::json!([{ "bearer": [] }]));
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     let search = &document["paths"]["/v1/images"]["get"];
     let names: BTreeSet<&str> = search["parameters"]
         .as_array()
