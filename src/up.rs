@@ -451,3 +451,47 @@ pub fn check_layout(images: &Path, data: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn args(extra: &[&str]) -> UpArgs {
+        let mut argv = vec!["up"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("arguments").up
+    }
+
+    #[test]
+    fn on_loopback_the_machine_is_trusted_and_no_key_is_minted() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let policy =
+            access_policy(&args(&["--listen", "127.0.0.1:0"]), data.path()).expect("policy");
+        assert!(policy.trust_loopback);
+        assert!(!data.path().join("api-keys").exists());
+    }
+
+    #[test]
+    fn exposed_or_required_auth_mints_one_key_and_trusts_no_one() {
+        for extra in [
+            &["--listen", "0.0.0.0:0"][..],
+            &["--listen", "127.0.0.1:0", "--require-auth"][..],
+        ] {
+            let data = tempfile::tempdir().expect("tempdir");
+            let policy = access_policy(&args(extra), data.path()).expect("policy");
+            assert!(!policy.trust_loopback, "{extra:?}");
+            let keys = ApiKeys::load(&data.path().join("api-keys")).expect("minted");
+            assert_eq!(keys.len(), 1, "{extra:?}");
+            // A restart keeps the key instead of minting another.
+            let again = access_policy(&args(extra), data.path()).expect("policy");
+            assert_eq!(again.keys.len(), 1, "{extra:?}");
+        }
+    }
+}
