@@ -716,7 +716,11 @@ async fn no_key_or_presigned_url_reaches_the_logs() {
         .with_writer(move || writer.clone())
         .json()
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global, not per thread: callsites first hit by the other tests of
+    // this binary (running in parallel, without a subscriber) would
+    // otherwise stay disabled for this one. Their lines land here too, and
+    // must not hold secrets either.
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
     let (status, ticket, _) = send(
         &app,
         Method::POST,

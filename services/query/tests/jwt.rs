@@ -283,6 +283,8 @@ async fn an_unusable_key_set_fails_at_start() {
         JwksSource::File(dir.path().join("missing.json")),
         JwksSource::File(empty),
         JwksSource::Url(serve_jwks("not json".into()).await),
+        // No TLS in this build's HTTP client: refused up front, clearly.
+        JwksSource::Url("https://issuer.example.test/jwks".into()),
     ] {
         let result = JwtValidator::new(OidcConfig {
             issuer: ISSUER.into(),

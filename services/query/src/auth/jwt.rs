@@ -88,6 +88,16 @@ impl JwtValidator {
         if config.issuer.is_empty() || config.audience.is_empty() {
             bail!("OIDC needs both an issuer and an audience");
         }
+        if let JwksSource::Url(url) = &config.jwks
+            && !url.starts_with("http://")
+        {
+            // The HTTP client is built without TLS (see the README): an
+            // issuer's HTTPS key set is mounted as a file instead.
+            bail!(
+                "the JWKS URL must be plain http:// (an in-cluster endpoint); \
+                 for an https:// issuer, mount its key set as a file and set IMAGETAG_OIDC_JWKS_FILE"
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
