@@ -732,6 +732,20 @@ async fn no_key_or_presigned_url_reaches_the_logs() {
     assert_eq!(status, StatusCode::CREATED, "{ticket}");
     let url = ticket["upload"]["url"].as_str().expect("url");
     assert!(url.contains("presigned-secret-signature"), "{url}");
+    // Presigned uploads: only under the upload prefix, for the configured
+    // lifetime (300 s here), with the announced type as a signed header.
+    assert!(
+        ticket["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("uploads/")),
+        "{ticket}"
+    );
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(ticket["expires_at"].as_str().expect("expiry"))
+            .expect("RFC 3339");
+    let lifetime = expires.timestamp() - chrono::Utc::now().timestamp();
+    assert!((290..=300).contains(&lifetime), "{lifetime} s");
+    assert_eq!(ticket["upload"]["headers"]["content-type"], "image/png");
     let (status, _, _) = send(
         &app,
         Method::POST,
