@@ -364,6 +364,8 @@ struct OpenApiJson(Arc<str>);
     responses(
         (status = 200, description = "One page of results", body = SearchPage),
         (status = 400, description = "A parameter or the cursor is invalid", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "The index is unavailable or the request took too long", body = ErrorBody)
     ))]
 async fn search_images(
@@ -389,6 +391,8 @@ async fn search_images(
         (status = 200, description = "The record", body = ImageRecord),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No such image (or it was deleted)", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "The index is unavailable", body = ErrorBody)
     ))]
 async fn get_image(
@@ -432,6 +436,8 @@ struct TagList {
     responses(
         (status = 200, description = "The tags", body = TagList),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "The index is unavailable", body = ErrorBody)
     ))]
 async fn list_tags(
@@ -468,6 +474,8 @@ fn media(state: &AppState) -> Result<Arc<Media>, ApiError> {
 #[utoipa::path(get, path = "/v1/stats", tag = "search",
     responses(
         (status = 200, description = "The totals", body = Stats),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "The index is unavailable", body = ErrorBody)
     ))]
 async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
@@ -483,6 +491,8 @@ async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
                 ("image/bmp"), ("image/tiff"), ("application/octet-stream"))),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No such image, or no content served here", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
     ))]
 async fn get_content(
@@ -500,6 +510,8 @@ async fn get_content(
         (status = 200, description = "The thumbnail", content(("image/jpeg"))),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No thumbnail (yet)", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
     ))]
 async fn get_thumbnail(

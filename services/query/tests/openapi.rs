@@ -188,6 +188,19 @@ async fn errors_and_write_routes_are_documented() {
         document["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    // Every /v1 operation passes the access check, so each documents its
+    // refusals.
+    for (method, path) in operations(&document) {
+        if path.starts_with("/v1/") {
+            let responses = &document["paths"][&path][method.to_lowercase()]["responses"];
+            for status in ["401", "429"] {
+                assert!(
+                    responses[status].is_object(),
+                    "{method} {path} lacks {status}"
+                );
+            }
+        }
+    }
     let search = &document["paths"]["/v1/images"]["get"];
     let names: BTreeSet<&str> = search["parameters"]
         .as_array()
