@@ -11,7 +11,6 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use imagetag_shared::aws::{SqsQueue, load_sdk_config};
 use imagetag_shared::config::AwsArgs;
-use imagetag_shared::ports::Queue;
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
@@ -39,6 +38,29 @@ enum Command {
     Stats(StatsArgs),
     /// Move dead-lettered messages back to their queue after a fix.
     Redrive(RedriveArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Mint a key: prints it once and appends only its hash to the file.
+    Create(KeyCreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct KeyCreateArgs {
+    /// A name for the key (letters, digits, - and _), shown in logs.
+    name: String,
+
+    /// The key file the API reads (`IMAGETAG_API_KEYS_FILE`).
+    #[arg(long, env = "IMAGETAG_API_KEYS_FILE")]
+    file: std::path::PathBuf,
+
+    /// The key may read but not write.
+    #[arg(long)]
+    read_only: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Tags(args) => tags(args).await,
         Command::Stats(args) => stats(args).await,
         Command::Redrive(args) => redrive(args).await,
+        Command::Keys(KeysCommand::Create(args)) => create_key(args),
     }
 }
 
@@ -425,32 +448,29 @@ async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Receive from the dead-letter queue, send to the source, then delete:
-/// a crash in between duplicates a message (the services are idempotent)
-/// but never loses one. StartMessageMoveTask would do the same on AWS, but
-/// not every SQS-compatible server has it.
+fn create_key(args: KeyCreateArgs) -> anyhow::Result<()> {
+    let scope = if args.read_only {
+        imagetag_query::auth::Scope::Read
+    } else {
+        imagetag_query::auth::Scope::Write
+    };
+    let key = imagetag_query::auth::keys::create(&args.file, &args.name, scope)?;
+    eprintln!(
+        "key {} added to {}; it is shown only this once:",
+        args.name,
+        args.file.display()
+    );
+    println!("{key}");
+    Ok(())
+}
+
+/// Moves dead-lettered messages back (see `imagetag_shared::redrive`).
 async fn redrive(args: RedriveArgs) -> anyhow::Result<()> {
     let sdk = load_sdk_config(&args.aws).await;
     let client = aws_sdk_sqs::Client::new(&sdk);
     let from = SqsQueue::new(client.clone(), &args.from);
     let to = SqsQueue::new(client, &args.to);
-    let mut moved = 0;
-    while moved < args.max {
-        let want = (args.max - moved).min(10) as u32;
-        let messages = from
-            .receive(want, Duration::from_secs(1), Duration::from_secs(60))
-            .await?;
-        if messages.is_empty() {
-            break;
-        }
-        let mut receipts = Vec::with_capacity(messages.len());
-        for message in &messages {
-            to.send(&message.body, &message.attributes).await?;
-            receipts.push(message.receipt.clone());
-        }
-        from.delete(&receipts).await?;
-        moved += messages.len();
-    }
+    let moved = imagetag_shared::redrive::redrive(&from, &to, args.max).await?;
     println!("moved {moved} message(s) from {} to {}", args.from, args.to);
     Ok(())
 }

@@ -13,6 +13,9 @@ use imagetag_embedded::{FolderSource, LocalBucket, QueueDb, SqliteStore};
 use imagetag_indexer::IndexerService;
 use imagetag_ingest::{IngestConfig, IngestService};
 use imagetag_query::Media;
+use imagetag_query::auth::{AccessPolicy, ApiKeys, Scope};
+use imagetag_query::operations::{DeadLetters, Operations};
+use imagetag_query::ratelimit::{RateLimit, RateLimiter};
 use imagetag_shared::consumer::{self, ConsumerConfig};
 use imagetag_shared::ports::TaggingBackend;
 use imagetag_tagger::decode::{DecodeLimits, Decoder};
@@ -81,6 +84,64 @@ pub struct UpArgs {
     /// Key that signs pagination cursors (default: random per start).
     #[arg(long, env = "IMAGETAG_CURSOR_SECRET", hide_env_values = true)]
     pub cursor_secret: Option<String>,
+
+    /// Writes need an API key even from this machine. Always on when
+    /// listening on an address other machines can reach.
+    #[arg(long, env = "IMAGETAG_REQUIRE_AUTH", default_value_t = false)]
+    pub require_auth: bool,
+
+    /// Reads need an API key too (except from this machine, unless
+    /// `--require-auth`).
+    #[arg(long, env = "IMAGETAG_AUTH_READS", default_value_t = false)]
+    pub auth_reads: bool,
+
+    /// API key file (default: DATA/api-keys); `imagetag keys create` adds
+    /// to it.
+    #[arg(long, env = "IMAGETAG_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+}
+
+/// Name of the key `up` mints when it needs one and the file has none.
+const FIRST_KEY: &str = "up";
+
+/// Who may use the API of `imagetag up`. On loopback the machine's own user
+/// is trusted (one command, usable UI); anywhere else, or with
+/// `--require-auth`, every write needs a key, and a first one is minted
+/// into the data folder and printed once.
+fn access_policy(args: &UpArgs, data: &Path) -> anyhow::Result<AccessPolicy> {
+    let keys_file = args
+        .api_keys_file
+        .clone()
+        .unwrap_or_else(|| data.join("api-keys"));
+    let exposed = !args.listen.ip().is_loopback();
+    let require = args.require_auth || exposed;
+    let mut keys = if keys_file.exists() {
+        ApiKeys::load(&keys_file)?
+    } else {
+        ApiKeys::default()
+    };
+    if require && keys.is_empty() {
+        let key = imagetag_query::auth::keys::create(&keys_file, FIRST_KEY, Scope::Write)?;
+        println!(
+            "imagetag: API key (shown once; its hash is in {}): {key}",
+            keys_file.display()
+        );
+        keys = ApiKeys::load(&keys_file)?;
+    }
+    Ok(AccessPolicy {
+        keys,
+        jwt: None,
+        auth_reads: args.auth_reads,
+        trust_loopback: !require,
+        trust_forwarded_for: false,
+        limiter: Some(RateLimiter::new(
+            RateLimit {
+                per_second: 50.0,
+                burst: 200,
+            },
+            imagetag_query::config::RATE_LIMIT_CLIENTS,
+        )),
+    })
 }
 
 /// Everything `up` runs, wired and ready; `run` drives it until `shutdown`.
@@ -207,20 +268,41 @@ pub async fn serve(
         Some(secret) => secret.as_bytes().to_vec(),
         None => rand_secret(),
     };
-    let state = imagetag_query::AppState::new(Arc::new(store.clone()), &secret).with_media(Media {
-        objects: Arc::new(bucket.clone()),
-        bucket: LOCAL_BUCKET.into(),
-        upload_prefix: "uploads/".into(),
-        thumbnails: Arc::new(thumbnails),
-        thumbnail_bucket: THUMBNAILS.into(),
-        thumbnail_prefix: String::new(),
-        signer: None,
-        max_upload_bytes: args.max_object_bytes,
-        upload_ttl: Duration::from_secs(600),
-        secret: secret.clone(),
-    });
-    let api = axum::serve(listener, imagetag_query::router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let access = access_policy(args, &data)?;
+    let dead_letters = [
+        (EVENTS, "events-dlq"),
+        (TAG_JOBS, "tag-jobs-dlq"),
+        (INDEX, "index-dlq"),
+    ]
+    .into_iter()
+    .map(|(name, dlq)| DeadLetters {
+        name: name.to_owned(),
+        dead_letter: Arc::new(queues.queue(dlq, None, max)),
+        source: Arc::new(queues.queue(name, Some(dlq), max)),
+    })
+    .collect();
+    let operations = Operations {
+        objects: Some(Arc::new(bucket.clone())),
+        tag_jobs: Some(Arc::new(queues.queue(TAG_JOBS, Some("tag-jobs-dlq"), max))),
+        dead_letters,
+    };
+    let state = imagetag_query::AppState::new(Arc::new(store.clone()), &secret)
+        .with_access(access)
+        .with_operations(operations)
+        .with_media(Media {
+            objects: Arc::new(bucket.clone()),
+            bucket: LOCAL_BUCKET.into(),
+            upload_prefix: "uploads/".into(),
+            thumbnails: Arc::new(thumbnails),
+            thumbnail_bucket: THUMBNAILS.into(),
+            thumbnail_prefix: String::new(),
+            signer: None,
+            max_upload_bytes: args.max_object_bytes,
+            upload_ttl: Duration::from_secs(600),
+            secret: secret.clone(),
+        });
+    let app = imagetag_query::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let api = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     println!(
         "imagetag: watching {} (data in {}), UI and API on http://{}",
         bucket.root().display(),
@@ -368,4 +450,48 @@ pub fn check_layout(images: &Path, data: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn args(extra: &[&str]) -> UpArgs {
+        let mut argv = vec!["up"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("arguments").up
+    }
+
+    #[test]
+    fn on_loopback_the_machine_is_trusted_and_no_key_is_minted() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let policy =
+            access_policy(&args(&["--listen", "127.0.0.1:0"]), data.path()).expect("policy");
+        assert!(policy.trust_loopback);
+        assert!(!data.path().join("api-keys").exists());
+    }
+
+    #[test]
+    fn exposed_or_required_auth_mints_one_key_and_trusts_no_one() {
+        for extra in [
+            &["--listen", "0.0.0.0:0"][..],
+            &["--listen", "127.0.0.1:0", "--require-auth"][..],
+        ] {
+            let data = tempfile::tempdir().expect("tempdir");
+            let policy = access_policy(&args(extra), data.path()).expect("policy");
+            assert!(!policy.trust_loopback, "{extra:?}");
+            let keys = ApiKeys::load(&data.path().join("api-keys")).expect("minted");
+            assert_eq!(keys.len(), 1, "{extra:?}");
+            // A restart keeps the key instead of minting another.
+            let again = access_policy(&args(extra), data.path()).expect("policy");
+            assert_eq!(again.keys.len(), 1, "{extra:?}");
+        }
+    }
 }

@@ -202,6 +202,7 @@ async fn images_pushed_to_the_bucket_become_searchable_and_failures_are_accounte
     let upload_body = png(120, 80, 77);
     let ticket: Value = http
         .post(pipeline.api("/v1/uploads"))
+        .bearer_auth(&pipeline.api_key)
         .json(&serde_json::json!({
             "filename": "holiday snap.png",
             "content_type": "image/png",

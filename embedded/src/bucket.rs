@@ -6,7 +6,7 @@ use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagetag_shared::ports::{ObjectMeta, ObjectStore};
+use imagetag_shared::ports::{ObjectMeta, ObjectRemover, ObjectStore};
 use imagetag_shared::{PortError, PortResult};
 use sha2::{Digest, Sha256};
 
@@ -117,6 +117,22 @@ pub fn file_facts(path: &Path) -> PortResult<Option<FileFacts>> {
         },
         mtime_ns,
     }))
+}
+
+#[async_trait]
+impl ObjectRemover for LocalBucket {
+    async fn delete(&self, bucket: &str, key: &str) -> PortResult<()> {
+        self.check_bucket(bucket)?;
+        let path = self.path_of(key)?;
+        // The folder watcher turns the removal into the deletion event.
+        tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(PortError::unavailable(err)),
+        })
+        .await
+        .map_err(|err| PortError::Unavailable(err.to_string()))?
+    }
 }
 
 #[async_trait]

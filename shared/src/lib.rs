@@ -11,6 +11,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod ports;
+pub mod redrive;
 pub mod telemetry;
 
 pub use error::{PortError, PortResult};

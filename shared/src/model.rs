@@ -20,6 +20,7 @@ pub fn normalize_term(name: &str) -> String {
     name.trim().to_lowercase()
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageStatus {
@@ -60,6 +61,7 @@ impl ImageStatus {
 }
 
 /// Relative coordinates in 0..1, origin top-left, as Rekognition reports them.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BoundingBox {
     pub left: f32,
@@ -68,12 +70,14 @@ pub struct BoundingBox {
     pub height: f32,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub bounding_box: BoundingBox,
     pub confidence: f32,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Label {
     pub name: String,
@@ -89,6 +93,7 @@ pub struct Label {
     pub instances: Vec<Instance>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextDetection {
     pub text: String,
@@ -97,6 +102,7 @@ pub struct TextDetection {
     pub bounding_box: Option<BoundingBox>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModerationLabel {
     pub name: String,
@@ -105,6 +111,7 @@ pub struct ModerationLabel {
     pub parent: Option<String>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Face {
     pub bounding_box: BoundingBox,
@@ -112,6 +119,7 @@ pub struct Face {
 }
 
 /// What a tagging backend says about one image.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TagOutput {
     pub labels: Vec<Label>,
@@ -124,6 +132,7 @@ pub struct TagOutput {
 }
 
 /// Facts about the decoded image, measured by the tagger.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageFacts {
     pub width: u32,
@@ -132,6 +141,7 @@ pub struct ImageFacts {
 }
 
 /// Which backend and model version produced a set of tags.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub backend: String,
@@ -140,6 +150,7 @@ pub struct ModelInfo {
 
 /// The one record per object. Ingest owns the object fields and the
 /// generation (`sequence`); the indexer owns the tags.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub image_id: String,
@@ -173,10 +184,14 @@ pub struct ImageRecord {
     pub faces: Vec<Face>,
     /// Search terms that currently have postings for this image; the indexer
     /// diffs against it, so re-tagging and deleting never leave strays.
+    // Bookkeeping the API strips from what it returns, so it is not
+    // part of the documented schema either.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub indexed_terms: Vec<IndexedTerm>,
     /// Bumped by every indexer commit (optimistic concurrency).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub revision: u64,
     #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
@@ -242,6 +257,7 @@ pub mod timestamp {
 }
 
 /// One posting: the image is findable under `term` with `confidence`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IndexedTerm {
     pub term: String,

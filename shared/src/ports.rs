@@ -44,6 +44,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     -> PortResult<()>;
 }
 
+/// Deletes objects, for the API's `DELETE /v1/images/{id}`: removing the
+/// object makes storage send the same event any other deletion does, so the
+/// pipeline unindexes it the usual way. Separate from `ObjectStore` because
+/// only the query service deletes.
+#[async_trait]
+pub trait ObjectRemover: Send + Sync + 'static {
+    /// Deleting an object that is already gone succeeds.
+    async fn delete(&self, bucket: &str, key: &str) -> PortResult<()>;
+}
+
 // ----------------------------------------------------------------- queues
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +197,7 @@ pub struct PostingHit {
     pub confidence: f32,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TermKind {

@@ -110,6 +110,9 @@ pub struct Pipeline {
     pub processes: Vec<ServiceProcess>,
     pub query_port: u16,
     pub log_dir: PathBuf,
+    /// A key with write rights the query service accepts (uploads and the
+    /// other write endpoints need one).
+    pub api_key: String,
 }
 
 impl Pipeline {
@@ -124,6 +127,18 @@ impl Pipeline {
             ("IMAGETAG_EVENTS_QUEUE_URL", stack.output("EventsQueueUrl")),
             ("IMAGETAG_TAG_QUEUE_URL", stack.output("TagQueueUrl")),
             ("IMAGETAG_INDEX_QUEUE_URL", stack.output("IndexQueueUrl")),
+            (
+                "IMAGETAG_EVENTS_DLQ_URL",
+                stack.output("EventsDeadLetterQueueUrl"),
+            ),
+            (
+                "IMAGETAG_TAG_DLQ_URL",
+                stack.output("TagDeadLetterQueueUrl"),
+            ),
+            (
+                "IMAGETAG_INDEX_DLQ_URL",
+                stack.output("IndexDeadLetterQueueUrl"),
+            ),
             ("IMAGETAG_IMAGES_TABLE", stack.output("ImagesTableName")),
             ("IMAGETAG_POSTINGS_TABLE", stack.output("PostingsTableName")),
             ("IMAGETAG_TAGS_TABLE", stack.output("TagsTableName")),
@@ -142,15 +157,28 @@ impl Pipeline {
     }
 
     pub fn start(moto: &Moto, stack: &Stack) -> Pipeline {
-        let env = Self::environment(moto, stack);
+        let mut env = Self::environment(moto, stack);
         let log_dir = binary_dir().join("e2e-logs").join(&stack.prefix);
         std::fs::create_dir_all(&log_dir).expect("log directory");
+        let keys_file = log_dir.join("api-keys");
+        let _ = std::fs::remove_file(&keys_file);
+        let api_key = imagetag_query::auth::keys::create(
+            &keys_file,
+            "e2e",
+            imagetag_query::auth::Scope::Write,
+        )
+        .expect("an API key for the tests");
+        env.insert(
+            "IMAGETAG_API_KEYS_FILE".into(),
+            keys_file.display().to_string(),
+        );
         let query_port = free_port();
         let mut pipeline = Pipeline {
             env,
             processes: Vec::new(),
             query_port,
             log_dir,
+            api_key,
         };
         for service in SERVICES {
             pipeline.spawn(service);

@@ -141,8 +141,84 @@ class ApiError extends Error {
   }
 }
 
+// ---------------------------------------------------------------- API key
+
+/** The API key the user saved in this browser, sent as a bearer token to
+ *  this API only (never to a presigned storage URL). */
+const KEY_STORAGE = 'imagetag.apiKey';
+
+function apiKey() {
+  try {
+    return localStorage.getItem(KEY_STORAGE) || '';
+  } catch {
+    return '';
+  }
+}
+
+function saveApiKey(value) {
+  try {
+    if (value) localStorage.setItem(KEY_STORAGE, value);
+    else localStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // Private browsing can refuse storage; the key then lasts for nothing.
+  }
+  updateKeyButton();
+}
+
+/** Headers that authenticate a request to `url` if it goes to this API. */
+function authHeaders(url) {
+  const key = apiKey();
+  const sameOrigin = typeof url === 'string' && url.startsWith('/') && !url.startsWith('//');
+  return key && sameOrigin ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function updateKeyButton() {
+  const button = document.getElementById('key-button');
+  if (!button) return;
+  const set = Boolean(apiKey());
+  button.dataset.set = String(set);
+  button.setAttribute('aria-label', set ? 'API key (set)' : 'API key (not set)');
+  button.querySelector('.key-state').textContent = set ? 'Key set' : 'API key';
+}
+
+function setupKeyDialog() {
+  const dialog = document.getElementById('key-dialog');
+  const input = document.getElementById('key-input');
+  const button = document.getElementById('key-button');
+  if (!dialog || !input || !button) return;
+  button.addEventListener('click', () => {
+    input.value = apiKey();
+    dialog.showModal();
+    input.focus();
+  });
+  document.getElementById('key-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    saveApiKey(input.value.trim());
+    dialog.close();
+    announce(apiKey() ? 'API key saved in this browser.' : 'API key removed.');
+  });
+  document.getElementById('key-forget').addEventListener('click', () => {
+    saveApiKey('');
+    input.value = '';
+    dialog.close();
+    announce('API key removed.');
+  });
+  document.getElementById('key-cancel').addEventListener('click', () => dialog.close());
+  updateKeyButton();
+}
+
 /** Message of an API error body `{error:{code,message}}`, or a fallback. */
-function errorMessage(body, status, statusText) {
+function errorMessage(body, status, statusText, retryAfter) {
+  if (status === 401) {
+    return apiKey()
+      ? 'The saved API key was not accepted. Check it with the key button at the top.'
+      : 'This needs an API key. Enter one with the key button at the top.';
+  }
+  if (status === 403) return 'The saved API key may only read, not change anything.';
+  if (status === 429) {
+    const seconds = Number(retryAfter);
+    return `Too many requests. Try again${Number.isFinite(seconds) && seconds > 0 ? ` in ${seconds} s` : ' shortly'}.`;
+  }
   const message = body && typeof body === 'object' && body.error && body.error.message;
   if (typeof message === 'string' && message) return message;
   if (status) return `The server answered ${status}${statusText ? ` ${statusText}` : ''}.`;
@@ -154,7 +230,7 @@ async function api(path, options = {}) {
   try {
     response = await fetch(path, {
       ...options,
-      headers: { Accept: 'application/json', ...(options.headers || {}) },
+      headers: { Accept: 'application/json', ...authHeaders(path), ...(options.headers || {}) },
     });
   } catch (error) {
     if (error && error.name === 'AbortError') throw error;
@@ -170,7 +246,7 @@ async function api(path, options = {}) {
     }
   }
   if (!response.ok) {
-    throw new ApiError(errorMessage(body, response.status, response.statusText), response.status, body?.error?.code);
+    throw new ApiError(errorMessage(body, response.status, response.statusText, response.headers.get('Retry-After')), response.status, body?.error?.code);
   }
   return { body, response };
 }
@@ -661,6 +737,25 @@ loadMore.addEventListener('click', () => {
   if (nextCursor && !searching) runSearch({ append: true });
 });
 
+/** Points `img` at an image of this API. With a key saved, the bytes are
+ *  fetched with it (an <img> cannot send headers) and shown from a blob;
+ *  a failure fires the image's error event either way. */
+function setImageSource(img, path) {
+  const headers = authHeaders(path);
+  if (!headers.Authorization) {
+    img.src = path;
+    return;
+  }
+  fetch(path, { headers })
+    .then((response) => (response.ok ? response.blob() : Promise.reject(new Error(String(response.status)))))
+    .then((blob) => {
+      const url = URL.createObjectURL(blob);
+      img.addEventListener('load', () => URL.revokeObjectURL(url), { once: true });
+      img.src = url;
+    })
+    .catch(() => img.dispatchEvent(new Event('error')));
+}
+
 /** A thumbnail that falls back to the original when there is none. */
 function thumbnail(id, alt) {
   const wrapper = h('div', { class: 'thumb' });
@@ -669,13 +764,13 @@ function thumbnail(id, alt) {
   img.addEventListener('error', () => {
     if (!fellBack) {
       fellBack = true;
-      img.src = imagePath(id, 'content');
+      setImageSource(img, imagePath(id, 'content'));
     } else {
       wrapper.classList.add('broken');
       img.removeAttribute('src');
     }
   });
-  img.src = imagePath(id, 'thumbnail');
+  setImageSource(img, imagePath(id, 'thumbnail'));
   wrapper.append(img);
   return wrapper;
 }
@@ -875,7 +970,8 @@ function putFile(target, file, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open(target.method || 'PUT', target.url);
-    for (const [name, value] of Object.entries(target.headers || {})) {
+    const headers = { ...(target.headers || {}), ...authHeaders(target.url) };
+    for (const [name, value] of Object.entries(headers)) {
       xhr.setRequestHeader(name, String(value));
     }
     xhr.upload.addEventListener('progress', (event) => {
@@ -894,7 +990,7 @@ function putFile(target, file, onProgress) {
         body = null;
       }
       const s3Message = /<Message>([^<]*)<\/Message>/.exec(xhr.responseText || '');
-      reject(new ApiError(body ? errorMessage(body, xhr.status, xhr.statusText)
+      reject(new ApiError(body ? errorMessage(body, xhr.status, xhr.statusText, xhr.getResponseHeader('Retry-After'))
         : s3Message ? `Upload refused: ${s3Message[1]}` : `Upload failed (${xhr.status}).`, xhr.status));
     });
     xhr.addEventListener('error', () => reject(new ApiError('The upload could not reach the server.', 0)));
@@ -1117,7 +1213,7 @@ function detailViewer(record, labels, faces, text) {
   img.addEventListener('error', () => {
     stage.replaceChildren(h('p', { class: 'loading', text: 'The image itself could not be loaded.' }));
   });
-  img.src = imagePath(id, 'content');
+  setImageSource(img, imagePath(id, 'content'));
   const overlay = h('div', { class: 'overlay', 'aria-hidden': 'true' });
   const counts = { label: 0, face: 0, text: 0 };
   labels.forEach((label, index) => {
@@ -1396,6 +1492,7 @@ document.addEventListener('keydown', (event) => {
 
 // ------------------------------------------------------------------ start
 
+setupKeyDialog();
 readQueryFromUrl();
 renderQueryControls();
 route({ initial: true });

@@ -1,6 +1,7 @@
 //! Command-line and environment configuration of the query service.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ use imagetag_shared::config::{AwsArgs, TableNames};
 use imagetag_shared::ports::SearchStore;
 use rand::RngCore;
 
+use crate::auth::jwt::JwksSource;
+use crate::auth::{AccessPolicy, ApiKeys, JwtValidator, OidcConfig};
+use crate::ratelimit::{RateLimit, RateLimiter};
 use crate::routes::AppState;
 
 #[derive(Debug, Clone, Parser)]
@@ -65,6 +69,161 @@ pub struct Config {
     /// Lifetime of a presigned upload URL, in seconds.
     #[arg(long, env = "IMAGETAG_UPLOAD_TTL_SECONDS", default_value_t = 300)]
     pub upload_ttl_seconds: u64,
+
+    #[command(flatten)]
+    pub access: AccessArgs,
+
+    #[command(flatten)]
+    pub queues: OperationQueues,
+}
+
+/// Who may read and write, and how fast.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessArgs {
+    /// File of API keys, one `name:sha256hex[:read|write]` a line
+    /// (`imagetag keys create NAME` makes them).
+    #[arg(long, env = "IMAGETAG_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Reads need a credential too.
+    #[arg(long, env = "IMAGETAG_AUTH_READS", default_value_t = false)]
+    pub auth_reads: bool,
+
+    /// Issuer whose JWTs are accepted as bearer tokens (the `iss` claim).
+    #[arg(long, env = "IMAGETAG_OIDC_ISSUER", requires = "oidc_audience")]
+    pub oidc_issuer: Option<String>,
+
+    /// Audience the tokens must be for (the `aud` claim).
+    #[arg(long, env = "IMAGETAG_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
+
+    /// URL of the issuer's key set (JWKS).
+    #[arg(
+        long,
+        env = "IMAGETAG_OIDC_JWKS_URL",
+        conflicts_with = "oidc_jwks_file"
+    )]
+    pub oidc_jwks_url: Option<String>,
+
+    /// File holding the issuer's key set (JWKS), instead of a URL.
+    #[arg(long, env = "IMAGETAG_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+
+    /// Clock skew allowed on token expiry and not-before, in seconds.
+    #[arg(long, env = "IMAGETAG_OIDC_LEEWAY_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub oidc_leeway_seconds: u64,
+
+    /// Scope a token needs for writes; unset, any valid token may write.
+    #[arg(long, env = "IMAGETAG_OIDC_WRITE_SCOPE")]
+    pub oidc_write_scope: Option<String>,
+
+    /// Requests per second each client gets back after its burst; 0 turns
+    /// rate limiting off.
+    #[arg(long, env = "IMAGETAG_RATE_LIMIT_PER_SECOND", default_value_t = 50.0)]
+    pub rate_limit_per_second: f64,
+
+    /// Requests a client may make at once.
+    #[arg(long, env = "IMAGETAG_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+
+    /// Take the client address from the last `X-Forwarded-For` entry (only
+    /// behind a proxy that sets it, such as a load balancer).
+    #[arg(long, env = "IMAGETAG_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+}
+
+/// Clients tracked by the rate limiter at most (bounded memory).
+pub const RATE_LIMIT_CLIENTS: usize = 10_000;
+
+impl AccessArgs {
+    pub async fn policy(&self) -> anyhow::Result<AccessPolicy> {
+        let keys = match &self.api_keys_file {
+            Some(path) => ApiKeys::load(path)?,
+            None => ApiKeys::default(),
+        };
+        let jwt = match (&self.oidc_issuer, &self.oidc_audience) {
+            (Some(issuer), Some(audience)) => {
+                let jwks = match (&self.oidc_jwks_url, &self.oidc_jwks_file) {
+                    (Some(url), None) => JwksSource::Url(url.clone()),
+                    (None, Some(path)) => JwksSource::File(path.clone()),
+                    _ => bail!(
+                        "OIDC needs the issuer's keys: set IMAGETAG_OIDC_JWKS_URL or IMAGETAG_OIDC_JWKS_FILE"
+                    ),
+                };
+                Some(Arc::new(
+                    JwtValidator::new(OidcConfig {
+                        issuer: issuer.clone(),
+                        audience: audience.clone(),
+                        jwks,
+                        leeway_seconds: self.oidc_leeway_seconds,
+                        write_scope: self.oidc_write_scope.clone(),
+                    })
+                    .await?,
+                ))
+            }
+            _ => None,
+        };
+        if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second >= 0.0) {
+            bail!("the rate limit must be a number of requests per second, 0 for none");
+        }
+        let limiter = (self.rate_limit_per_second > 0.0).then(|| {
+            RateLimiter::new(
+                RateLimit {
+                    per_second: self.rate_limit_per_second,
+                    burst: self.rate_limit_burst,
+                },
+                RATE_LIMIT_CLIENTS,
+            )
+        });
+        let policy = AccessPolicy {
+            keys,
+            jwt,
+            auth_reads: self.auth_reads,
+            trust_loopback: false,
+            trust_forwarded_for: self.trust_forwarded_for,
+            limiter,
+        };
+        if !policy.accepts_credentials() {
+            tracing::warn!(
+                "no API keys or OIDC issuer configured: uploads, deletes, re-tags and re-drives are refused"
+            );
+        }
+        Ok(policy)
+    }
+}
+
+/// Queues the write endpoints use: the tagger's (re-tag) and each
+/// dead-letter queue with the queue it drains back into (re-drive).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperationQueues {
+    #[arg(long, env = "IMAGETAG_EVENTS_QUEUE_URL")]
+    pub events_queue_url: Option<String>,
+    #[arg(long, env = "IMAGETAG_EVENTS_DLQ_URL")]
+    pub events_dlq_url: Option<String>,
+    /// The tagger's queue; enables `POST /v1/images/{id}/retag`.
+    #[arg(long, env = "IMAGETAG_TAG_QUEUE_URL")]
+    pub tag_queue_url: Option<String>,
+    #[arg(long, env = "IMAGETAG_TAG_DLQ_URL")]
+    pub tag_dlq_url: Option<String>,
+    #[arg(long, env = "IMAGETAG_INDEX_QUEUE_URL")]
+    pub index_queue_url: Option<String>,
+    #[arg(long, env = "IMAGETAG_INDEX_DLQ_URL")]
+    pub index_dlq_url: Option<String>,
+}
+
+impl OperationQueues {
+    /// `(name, dead-letter URL, source URL)` of every pair configured.
+    pub fn redrive_pairs(&self) -> Vec<(&'static str, &str, &str)> {
+        [
+            ("events", &self.events_dlq_url, &self.events_queue_url),
+            ("tag-jobs", &self.tag_dlq_url, &self.tag_queue_url),
+            ("index", &self.index_dlq_url, &self.index_queue_url),
+        ]
+        .into_iter()
+        .filter_map(|(name, dlq, source)| Some((name, dlq.as_deref()?, source.as_deref()?)))
+        .collect()
+    }
 }
 
 /// A secret that never shows up in `Debug` output or logs.
@@ -121,7 +280,7 @@ impl Config {
     }
 
     /// Everything the router needs, around `store`.
-    pub fn app_state<S: SearchStore>(&self, store: Arc<S>) -> anyhow::Result<AppState<S>> {
+    pub fn app_state(&self, store: Arc<dyn SearchStore>) -> anyhow::Result<AppState> {
         Ok(AppState::new(store, &self.cursor_key())
             .with_request_timeout(self.request_timeout())
             .with_cors_origins(self.cors_origins()?))

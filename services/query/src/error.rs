@@ -4,10 +4,25 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use imagetag_shared::PortError;
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for clients to branch on: `invalid_parameter`, `not_found`,
+    /// `timeout`, `dependency_unavailable`, …
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -16,6 +31,19 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("not found: {0}")]
     NotFound(String),
+    /// No credential, or one that is not valid; answered with a
+    /// `WWW-Authenticate: Bearer` challenge.
+    #[error("{code}: {message}")]
+    Unauthorized { code: &'static str, message: String },
+    /// A valid credential without the rights the request needs.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The client is over its rate limit; it may retry after the wait.
+    #[error("too many requests")]
+    TooManyRequests { retry_after: std::time::Duration },
+    /// The resource is in a state that does not allow the request.
+    #[error("{code}: {message}")]
+    Conflict { code: &'static str, message: String },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("request body too large")]
@@ -47,6 +75,20 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Unauthorized {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())
     }
@@ -66,6 +108,10 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Timeout | Self::DependencyUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,6 +123,9 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => code,
             Self::NotFound(_) => "not_found",
+            Self::Unauthorized { code, .. } | Self::Conflict { code, .. } => code,
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyRequests { .. } => "rate_limited",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Timeout => "timeout",
@@ -87,7 +136,15 @@ impl ApiError {
 
     fn public_message(&self) -> String {
         match self {
-            Self::BadRequest { message, .. } | Self::NotFound(message) => message.clone(),
+            Self::BadRequest { message, .. }
+            | Self::NotFound(message)
+            | Self::Unauthorized { message, .. }
+            | Self::Forbidden(message)
+            | Self::Conflict { message, .. } => message.clone(),
+            Self::TooManyRequests { retry_after } => format!(
+                "too many requests; retry in {} s",
+                retry_after_seconds(*retry_after)
+            ),
             Self::MethodNotAllowed => "method not allowed on this resource".into(),
             Self::PayloadTooLarge => "the request body is too large".into(),
             Self::Timeout => "the request took too long; retry later".into(),
@@ -108,9 +165,36 @@ impl IntoResponse for ApiError {
             Self::Timeout => tracing::warn!("request timed out"),
             _ => {}
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
-        (self.status(), Json(body)).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.public_message(),
+            },
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized { .. } => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"imagetag\""),
+                );
+            }
+            Self::TooManyRequests { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds(*retry_after)),
+                );
+            }
+            _ => {}
+        }
+        response
     }
+}
+
+/// Whole seconds, rounded up so a client that waits that long succeeds.
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl From<PortError> for ApiError {

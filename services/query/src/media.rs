@@ -48,27 +48,62 @@ pub struct Media {
     pub secret: Vec<u8>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An announced upload: what the client is about to send.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadRequest {
+    /// The file's name; only a tidied stem of it is kept in the key.
     pub filename: String,
+    /// One of the image types imagetag decodes (`image/jpeg`, `image/png`, …).
     pub content_type: String,
+    /// Exact size in bytes; the upload must match it.
     pub size: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// Where and how to send the bytes of an announced upload.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadTicket {
+    /// The id the image will have once it is ingested.
     pub image_id: String,
     pub key: String,
     pub upload: UploadInstructions,
+    /// RFC 3339; the URL is refused after this.
     pub expires_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadInstructions {
+    /// Always `PUT`.
     pub method: &'static str,
+    /// A presigned storage URL, or an API path in one-process mode.
     pub url: String,
+    /// Headers the PUT must carry exactly as given (they are signed).
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub headers: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Totals by status and the most used terms.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    pub images: StatusTotals,
+    pub top_tags: Vec<TermTotal>,
+    pub top_categories: Vec<TermTotal>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatusTotals {
+    /// Every image that is not deleted.
+    pub total: u64,
+    pub tagged: u64,
+    pub pending: u64,
+    pub rejected: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TermTotal {
+    pub name: String,
+    pub image_count: u64,
 }
 
 /// What an API upload token allows: one PUT of one announced object.
@@ -232,7 +267,7 @@ impl Media {
 
     /// The original bytes of a stored image, served so a browser can show it
     /// but never run it.
-    pub async fn content<S: SearchStore>(&self, store: &S, id: &str) -> Result<Response, ApiError> {
+    pub async fn content(&self, store: &dyn SearchStore, id: &str) -> Result<Response, ApiError> {
         let record = store
             .get_image(id)
             .await?
@@ -330,7 +365,7 @@ pub fn upload_key(prefix: &str, filename: &str, extension: &str) -> String {
     )
 }
 
-pub async fn stats<S: SearchStore>(store: &S) -> Result<serde_json::Value, ApiError> {
+pub async fn stats(store: &dyn SearchStore) -> Result<Stats, ApiError> {
     use imagetag_shared::ports::TermKind;
     let (counts, tags, categories) = tokio::try_join!(
         store.status_counts(),
@@ -338,26 +373,34 @@ pub async fn stats<S: SearchStore>(store: &S) -> Result<serde_json::Value, ApiEr
         store.list_terms(TermKind::Category, None, 20),
     )?;
     let count = |status| counts.get(&status).copied().unwrap_or(0);
-    let tagged = count(ImageStatus::Tagged);
-    let pending = count(ImageStatus::Pending);
-    let rejected = count(ImageStatus::Rejected);
-    let failed = count(ImageStatus::Failed);
+    let images = StatusTotals {
+        total: [
+            ImageStatus::Tagged,
+            ImageStatus::Pending,
+            ImageStatus::Rejected,
+            ImageStatus::Failed,
+        ]
+        .into_iter()
+        .map(count)
+        .sum(),
+        tagged: count(ImageStatus::Tagged),
+        pending: count(ImageStatus::Pending),
+        rejected: count(ImageStatus::Rejected),
+        failed: count(ImageStatus::Failed),
+    };
     let terms = |list: Vec<imagetag_shared::ports::TermCount>| {
         list.into_iter()
-            .map(|t| json!({ "name": t.name, "image_count": t.image_count }))
-            .collect::<Vec<_>>()
+            .map(|t| TermTotal {
+                name: t.name,
+                image_count: t.image_count,
+            })
+            .collect()
     };
-    Ok(json!({
-        "images": {
-            "total": tagged + pending + rejected + failed,
-            "tagged": tagged,
-            "pending": pending,
-            "rejected": rejected,
-            "failed": failed,
-        },
-        "top_tags": terms(tags),
-        "top_categories": terms(categories),
-    }))
+    Ok(Stats {
+        images,
+        top_tags: terms(tags),
+        top_categories: terms(categories),
+    })
 }
 
 #[cfg(test)]

@@ -18,18 +18,40 @@ pub const MAX_LIMIT: usize = 100;
 pub const DEFAULT_TAG_LIMIT: usize = 100;
 pub const MAX_TAG_LIMIT: usize = 1000;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Comma-separated tag names (at most 10, each 1–100 characters).
     tags: Option<String>,
+    /// `all` (default): images with every tag; `any`: with at least one.
     #[serde(rename = "match")]
+    #[param(value_type = Option<MatchParam>, inline)]
     match_mode: Option<String>,
+    /// Comma-separated tag names the images must not have.
     exclude: Option<String>,
+    /// Lowest confidence (0–100) a tag must have to count.
+    #[param(value_type = Option<f32>, minimum = 0, maximum = 100)]
     min_confidence: Option<String>,
+    /// Only images with a label in this category.
     category: Option<String>,
+    /// `tagged` (default) searches tags; other statuses list records.
+    #[param(value_type = Option<ImageStatus>, inline)]
     status: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page, for the same query.
     cursor: Option<String>,
+}
+
+/// How several tags combine.
+#[derive(utoipa::ToSchema)]
+#[schema(as = MatchMode, rename_all = "lowercase")]
+#[allow(dead_code)] // documentation only: the parameter is parsed by hand
+enum MatchParam {
+    All,
+    Any,
 }
 
 /// A validated search: the normalized query (what a cursor is bound to), the
@@ -119,11 +141,17 @@ impl SearchParams {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TagParams {
+    /// Only names starting with this (case-insensitive); sorted by name.
     prefix: Option<String>,
+    /// `tag` (default) or `category`.
+    #[param(value_type = Option<TermKind>, inline)]
     kind: Option<String>,
+    /// At most this many, 1–1000 (default 100).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 

@@ -11,21 +11,26 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use imagetag_shared::model::ImageStatus;
+use axum::{Extension, Json, Router};
+use imagetag_shared::model::{ImageRecord, ImageStatus};
 use imagetag_shared::ports::{SearchStore, TermKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::cursor::CursorCodec;
-use crate::error::ApiError;
-use crate::media::{Media, UploadRequest};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::AccessPolicy;
+use crate::error::{ApiError, ErrorBody};
+use crate::media::{Media, Stats, UploadRequest, UploadTicket};
+use crate::operations::{Accepted, Operations, RedriveReport, RedriveRequest};
 use crate::params::{SearchParams, TagParams, validate_image_id};
 use crate::search::{self, DEFAULT_EXAMINE_BUDGET, SearchPage};
 
@@ -36,33 +41,22 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// What the handlers share: the store, the cursor key and the settings of
 /// the middleware.
-pub struct AppState<S> {
-    store: Arc<S>,
+#[derive(Clone)]
+pub struct AppState {
+    store: Arc<dyn SearchStore>,
     cursors: CursorCodec,
     examine_budget: usize,
     request_timeout: Duration,
     cors_origins: Vec<HeaderValue>,
     media: Option<Arc<Media>>,
+    access: Arc<AccessPolicy>,
+    operations: Arc<Operations>,
 }
 
-// Manual: a derive would demand `S: Clone`, and the store is shared by Arc.
-impl<S> Clone for AppState<S> {
-    fn clone(&self) -> Self {
-        Self {
-            store: Arc::clone(&self.store),
-            cursors: self.cursors.clone(),
-            examine_budget: self.examine_budget,
-            request_timeout: self.request_timeout,
-            cors_origins: self.cors_origins.clone(),
-            media: self.media.clone(),
-        }
-    }
-}
-
-impl<S: SearchStore> AppState<S> {
+impl AppState {
     /// `cursor_secret` signs pagination cursors; replicas that share it
     /// accept each other's cursors.
-    pub fn new(store: Arc<S>, cursor_secret: &[u8]) -> Self {
+    pub fn new(store: Arc<dyn SearchStore>, cursor_secret: &[u8]) -> Self {
         Self {
             store,
             cursors: CursorCodec::new(cursor_secret),
@@ -70,7 +64,22 @@ impl<S: SearchStore> AppState<S> {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             cors_origins: Vec::new(),
             media: None,
+            access: Arc::new(AccessPolicy::default()),
+            operations: Arc::new(Operations::default()),
         }
+    }
+
+    /// Who may read and write; by default reads are open and writes need a
+    /// credential (of which there is none until keys or OIDC are set up).
+    pub fn with_access(mut self, access: AccessPolicy) -> Self {
+        self.access = Arc::new(access);
+        self
+    }
+
+    /// Enables deleting, re-tagging and re-driving.
+    pub fn with_operations(mut self, operations: Operations) -> Self {
+        self.operations = Arc::new(operations);
+        self
     }
 
     /// Serves originals, thumbnails and uploads from `media`.
@@ -98,34 +107,99 @@ impl<S: SearchStore> AppState<S> {
     }
 }
 
-pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
+/// Every route with its documentation: `routes!` registers a handler and
+/// its `#[utoipa::path]` together, so nothing is served undocumented.
+fn documented_routes(upload_limit: usize) -> OpenApiRouter<AppState> {
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(finish_upload))
+        .layer(DefaultBodyLimit::max(upload_limit));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(search_images))
+        .routes(routes!(get_image))
+        .routes(routes!(list_tags))
+        .routes(routes!(get_stats))
+        .routes(routes!(get_content))
+        .routes(routes!(get_thumbnail))
+        .routes(routes!(start_upload))
+        .routes(routes!(delete_image))
+        .routes(routes!(retag_image))
+        .routes(routes!(redrive))
+        .merge(uploads)
+        .merge(crate::ui::routes())
+}
+
+/// The OpenAPI document of the API, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes(MAX_BODY_BYTES).split_for_parts().1
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    modifiers(&BearerScheme),
+    info(
+        title = "imagetag",
+        description = "Search images by the tags imagetag found in them, and upload new ones.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    tags(
+        (name = "search", description = "Find images and tags"),
+        (name = "media", description = "Originals, thumbnails and uploads"),
+        (name = "operations", description = "Probes, metrics and this document"),
+        (name = "admin", description = "Deleting, re-tagging and re-driving (need write rights)"),
+        (name = "ui", description = "The web UI")
+    )
+)]
+struct ApiDoc;
+
+/// Declares the bearer scheme the write routes name in `security`.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`itk_…`) or, where OIDC is configured, a JWT from the issuer",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let cors_origins = state.cors_origins.clone();
     let body_limit = state.media.as_ref().map_or(MAX_BODY_BYTES, |m| {
         MAX_BODY_BYTES.max(m.max_upload_bytes as usize)
     });
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
-        .route("/metrics", get(imagetag_shared::metrics::handler))
-        .route("/v1/images", get(search_images::<S>))
-        .route("/v1/images/{id}", get(get_image::<S>))
-        .route("/v1/tags", get(list_tags::<S>))
-        .route("/v1/stats", get(get_stats::<S>))
-        .route("/v1/images/{id}/content", get(get_content::<S>))
-        .route("/v1/images/{id}/thumbnail", get(get_thumbnail::<S>))
-        .route("/v1/uploads", post(start_upload::<S>))
-        .route(
-            "/v1/uploads/{token}",
-            put(finish_upload::<S>).layer(DefaultBodyLimit::max(body_limit)),
-        )
+    let access = Arc::clone(&state.access);
+    let (routes, document) = documented_routes(body_limit).split_for_parts();
+    let document = OpenApiJson(
+        serde_json::to_string(&document)
+            .unwrap_or_else(|err| unreachable!("an OpenAPI document always serializes: {err}"))
+            .into(),
+    );
+    let router = routes
+        // After routing, so the route template decides what a request
+        // needs (and the metrics count refusals too).
+        .route_layer(middleware::from_fn_with_state(access, crate::auth::access))
         // After routing, so the route template (not the raw path, which
         // holds ids) labels the latency histogram.
         .route_layer(middleware::from_fn(record_request_metrics))
-        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(Extension(document))
         // Innermost first: the timeout covers only the handler, so errors
         // from the outer layers are never cut short.
         .layer(middleware::from_fn_with_state(timeout, enforce_timeout))
@@ -138,8 +212,17 @@ pub fn router<S: SearchStore>(state: AppState<S>) -> Router {
         router.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(cors_origins))
-                .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT])
-                .allow_headers([axum::http::header::CONTENT_TYPE])
+                .allow_methods([
+                    Method::GET,
+                    Method::HEAD,
+                    Method::POST,
+                    Method::PUT,
+                    Method::DELETE,
+                ])
+                .allow_headers([
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::header::AUTHORIZATION,
+                ])
                 .max_age(Duration::from_secs(600)),
         )
     };
@@ -224,17 +307,69 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = ProbeStatus)))]
+async fn healthz() -> Json<ProbeStatus> {
+    Json(ProbeStatus { status: "ok" })
 }
 
-async fn readyz<S: SearchStore>(State(state): State<AppState<S>>) -> Result<Json<Value>, ApiError> {
+/// The index answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve", body = ProbeStatus),
+        (status = 503, description = "The index is unreachable", body = ErrorBody)
+    ))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<ProbeStatus>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(ProbeStatus { status: "ready" }))
 }
 
-async fn search_images<S: SearchStore>(
-    State(state): State<AppState<S>>,
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProbeStatus {
+    /// `ok` or `ready`.
+    status: &'static str,
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String,
+        content_type = "application/openmetrics-text")))]
+async fn metrics() -> Response {
+    imagetag_shared::metrics::handler().await.into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API",
+        body = Object, content_type = "application/json")))]
+async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document.0.to_string(),
+    )
+        .into_response()
+}
+
+/// The document, serialized once when the router is built.
+#[derive(Clone)]
+struct OpenApiJson(Arc<str>);
+
+/// Images by tags, category or status, best match first.
+#[utoipa::path(get, path = "/v1/images", tag = "search",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "One page of results", body = SearchPage),
+        (status = 400, description = "A parameter or the cursor is invalid", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The index is unavailable or the request took too long", body = ErrorBody)
+    ))]
+async fn search_images(
+    State(state): State<AppState>,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<SearchPage>, ApiError> {
     let request = params.validate()?;
@@ -248,8 +383,20 @@ async fn search_images<S: SearchStore>(
     Ok(Json(page))
 }
 
-async fn get_image<S: SearchStore>(
-    State(state): State<AppState<S>>,
+/// One image's record: labels with confidence, parents, categories and
+/// boxes; text, faces, moderation; status and reason.
+#[utoipa::path(get, path = "/v1/images/{id}", tag = "search",
+    params(("id" = String, Path, description = "Image id: 32 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The record", body = ImageRecord),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such image (or it was deleted)", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The index is unavailable", body = ErrorBody)
+    ))]
+async fn get_image(
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     validate_image_id(&id)?;
@@ -270,20 +417,31 @@ async fn get_image<S: SearchStore>(
     Ok(Json(body))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TagItem {
     name: String,
     kind: TermKind,
     image_count: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TagList {
     items: Vec<TagItem>,
 }
 
-async fn list_tags<S: SearchStore>(
-    State(state): State<AppState<S>>,
+/// Tags (or categories) with their image counts: most used first, or by
+/// name for a prefix.
+#[utoipa::path(get, path = "/v1/tags", tag = "search",
+    params(TagParams),
+    responses(
+        (status = 200, description = "The tags", body = TagList),
+        (status = 400, description = "A parameter is invalid", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The index is unavailable", body = ErrorBody)
+    ))]
+async fn list_tags(
+    State(state): State<AppState>,
     ApiQuery(params): ApiQuery<TagParams>,
 ) -> Result<Json<TagList>, ApiError> {
     let request = params.validate()?;
@@ -305,37 +463,81 @@ async fn list_tags<S: SearchStore>(
     Ok(Json(TagList { items }))
 }
 
-fn media<S>(state: &AppState<S>) -> Result<Arc<Media>, ApiError> {
+fn media(state: &AppState) -> Result<Arc<Media>, ApiError> {
     state
         .media
         .clone()
         .ok_or_else(|| ApiError::not_found("this deployment serves no image content"))
 }
 
-async fn get_stats<S: SearchStore>(
-    State(state): State<AppState<S>>,
-) -> Result<Json<Value>, ApiError> {
+/// Totals by status, the most used tags and categories.
+#[utoipa::path(get, path = "/v1/stats", tag = "search",
+    responses(
+        (status = 200, description = "The totals", body = Stats),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The index is unavailable", body = ErrorBody)
+    ))]
+async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(crate::media::stats(state.store.as_ref()).await?))
 }
 
-async fn get_content<S: SearchStore>(
-    State(state): State<AppState<S>>,
+/// The original image, served so a browser shows it but never runs it.
+#[utoipa::path(get, path = "/v1/images/{id}/content", tag = "media",
+    params(("id" = String, Path, description = "Image id")),
+    responses(
+        (status = 200, description = "The original bytes with their image type",
+            content(("image/jpeg"), ("image/png"), ("image/gif"), ("image/webp"),
+                ("image/bmp"), ("image/tiff"), ("application/octet-stream"))),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No such image, or no content served here", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Storage is unavailable", body = ErrorBody)
+    ))]
+async fn get_content(
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     validate_image_id(&id)?;
     media(&state)?.content(state.store.as_ref(), &id).await
 }
 
-async fn get_thumbnail<S: SearchStore>(
-    State(state): State<AppState<S>>,
+/// The thumbnail the tagger made (JPEG, at most 320 px a side).
+#[utoipa::path(get, path = "/v1/images/{id}/thumbnail", tag = "media",
+    params(("id" = String, Path, description = "Image id")),
+    responses(
+        (status = 200, description = "The thumbnail", content(("image/jpeg"))),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 404, description = "No thumbnail (yet)", body = ErrorBody),
+        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Storage is unavailable", body = ErrorBody)
+    ))]
+async fn get_thumbnail(
+    State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     validate_image_id(&id)?;
     media(&state)?.thumbnail(&id).await
 }
 
-async fn start_upload<S: SearchStore>(
-    State(state): State<AppState<S>>,
+/// Announces an upload and returns where to PUT the bytes: a short-lived
+/// presigned storage URL, or this API in one-process mode.
+#[utoipa::path(post, path = "/v1/uploads", tag = "media",
+    request_body = UploadRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Where to send the bytes", body = UploadTicket),
+        (status = 400, description = "Not an image type, too large, or a malformed body", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 404, description = "This deployment takes no uploads", body = ErrorBody),
+        (status = 503, description = "Storage is unavailable", body = ErrorBody)
+    ))]
+async fn start_upload(
+    State(state): State<AppState>,
     request: Result<Json<UploadRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = request?;
@@ -343,8 +545,25 @@ async fn start_upload<S: SearchStore>(
     Ok((StatusCode::CREATED, Json(ticket)).into_response())
 }
 
-async fn finish_upload<S: SearchStore>(
-    State(state): State<AppState<S>>,
+/// The bytes of an announced upload (one-process mode), exactly as
+/// announced: same content type, same size.
+#[utoipa::path(put, path = "/v1/uploads/{token}", tag = "media",
+    params(("token" = String, Path, description = "From the upload URL; signed and short-lived")),
+    request_body(content(("image/jpeg"), ("image/png"), ("image/gif"), ("image/webp"),
+        ("image/bmp"), ("image/tiff"))),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Stored; the image is on its way to being tagged"),
+        (status = 400, description = "Invalid or expired token, or not what was announced", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 404, description = "This deployment takes no uploads", body = ErrorBody),
+        (status = 413, description = "Larger than the upload limit", body = ErrorBody),
+        (status = 503, description = "Storage is unavailable", body = ErrorBody)
+    ))]
+async fn finish_upload(
+    State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
     headers: axum::http::HeaderMap,
     body: Bytes,
@@ -353,6 +572,73 @@ async fn finish_upload<S: SearchStore>(
         .finish_upload(&token, headers.get(axum::http::header::CONTENT_TYPE), body)
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the image's object; the pipeline then unindexes it as it does
+/// any deletion.
+#[utoipa::path(delete, path = "/v1/images/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Image id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The object is deleted; the index follows", body = Accepted),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 404, description = "No such image, or deleting is not enabled here", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Storage or the index is unavailable", body = ErrorBody)
+    ))]
+async fn delete_image(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    validate_image_id(&id)?;
+    let accepted = state.operations.delete(state.store.as_ref(), &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Tags the image again (after a model or policy change).
+#[utoipa::path(post, path = "/v1/images/{id}/retag", tag = "admin",
+    params(("id" = String, Path, description = "Image id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "A tag job is queued", body = Accepted),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 404, description = "No such image, or re-tagging is not enabled here", body = ErrorBody),
+        (status = 409, description = "The image is rejected or failed: upload it again", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The queue or the index is unavailable", body = ErrorBody)
+    ))]
+async fn retag_image(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    validate_image_id(&id)?;
+    let accepted = state.operations.retag(state.store.as_ref(), &id).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Moves dead-lettered messages back to their queues after a fix.
+#[utoipa::path(post, path = "/v1/admin/redrive", tag = "admin",
+    request_body = RedriveRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Messages moved, by queue", body = RedriveReport),
+        (status = 400, description = "Unknown queue or bad limit", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "The credential may not write", body = ErrorBody),
+        (status = 404, description = "No dead-letter queues configured here", body = ErrorBody),
+        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "A queue is unavailable", body = ErrorBody)
+    ))]
+async fn redrive(
+    State(state): State<AppState>,
+    request: Result<Json<RedriveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<RedriveReport>, ApiError> {
+    let Json(request) = request?;
+    Ok(Json(state.operations.redrive(request).await?))
 }
 
 async fn record_request_metrics(request: Request, next: Next) -> Response {

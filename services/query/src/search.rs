@@ -84,7 +84,7 @@ impl SearchQuery {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ImageSummary {
     pub id: String,
     pub bucket: String,
@@ -122,7 +122,7 @@ impl ImageSummary {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchPage {
     pub items: Vec<ImageSummary>,
     pub next_cursor: Option<String>,
@@ -185,8 +185,8 @@ struct Phase {
 }
 
 /// Runs a validated search against the store.
-pub async fn search<S: SearchStore>(
-    store: &S,
+pub async fn search(
+    store: &dyn SearchStore,
     codec: &CursorCodec,
     budget: usize,
     request: SearchRequest,
@@ -212,15 +212,15 @@ pub async fn search<S: SearchStore>(
     }
 }
 
-struct Run<'a, S> {
-    store: &'a S,
+struct Run<'a> {
+    store: &'a dyn SearchStore,
     codec: &'a CursorCodec,
     fingerprint: String,
     limit: usize,
     budget: usize,
 }
 
-impl<S: SearchStore> Run<'_, S> {
+impl Run<'_> {
     fn cursor(&self, phase: usize, after: Option<After>) -> Option<String> {
         Some(
             self.codec
@@ -552,8 +552,8 @@ impl<S: SearchStore> Run<'_, S> {
 /// Indices of the candidates that pass every check, in their original order.
 /// Checks run a few terms at a time, each round only on the survivors of the
 /// previous one, so selective terms cut the lookups of the others.
-async fn survivors<S: SearchStore>(
-    store: &S,
+async fn survivors(
+    store: &dyn SearchStore,
     checks: &[Check],
     ids: &[&str],
 ) -> PortResult<Vec<usize>> {

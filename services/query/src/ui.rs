@@ -8,11 +8,11 @@
 //! policy that allows no inline script, no plug-ins and no framing: even a
 //! rendering bug could not run injected markup.
 
-use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 
@@ -58,15 +58,35 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The UI's routes, to merge into the API router (any state).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/index.html", get(index))
-        .route("/assets/{name}", get(asset))
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(index_html))
+        .routes(routes!(asset))
 }
 
+/// The web UI.
+#[utoipa::path(get, path = "/", tag = "ui",
+    responses(
+        (status = 200, description = "The page", content(("text/html"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag")
+    ))]
 async fn index(request_headers: HeaderMap) -> Response {
-    let mut response = serve(&INDEX, &request_headers);
+    page(&request_headers)
+}
+
+/// The web UI, by its file name.
+#[utoipa::path(get, path = "/index.html", tag = "ui",
+    responses(
+        (status = 200, description = "The page", content(("text/html"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag")
+    ))]
+async fn index_html(request_headers: HeaderMap) -> Response {
+    page(&request_headers)
+}
+
+fn page(request_headers: &HeaderMap) -> Response {
+    let mut response = serve(&INDEX, request_headers);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -80,6 +100,15 @@ async fn index(request_headers: HeaderMap) -> Response {
     response
 }
 
+/// A script, style sheet or icon of the UI.
+#[utoipa::path(get, path = "/assets/{name}", tag = "ui",
+    params(("name" = String, Path, description = "File name, such as `app.js`")),
+    responses(
+        (status = 200, description = "The file",
+            content(("text/javascript"), ("text/css"), ("image/svg+xml"))),
+        (status = 304, description = "Unchanged since the `If-None-Match` tag"),
+        (status = 404, description = "No such asset", body = crate::error::ErrorBody)
+    ))]
 async fn asset(Path(name): Path<String>, request_headers: HeaderMap) -> Response {
     match ASSETS.iter().find(|asset| asset.name == name) {
         Some(asset) => serve(asset, &request_headers),
@@ -153,7 +182,7 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
-        routes::<()>()
+        axum::Router::from(routes::<()>())
             .oneshot(request.body(Body::empty()).expect("request"))
             .await
             .expect("infallible")

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 const SECRET: &[u8] = b"test secret, at least sixteen bytes";
 
 fn app(store: &Arc<MemoryStore>) -> Router {
-    router(AppState::new(Arc::clone(store), SECRET))
+    router(AppState::new(Arc::<MemoryStore>::clone(store), SECRET))
 }
 
 async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Value, http::HeaderMap) {
@@ -370,7 +370,8 @@ async fn a_slow_store_times_out_with_a_json_503() {
     let store = fixture();
     store.delay(Some(Duration::from_millis(500)));
     let app = router(
-        AppState::new(Arc::clone(&store), SECRET).with_request_timeout(Duration::from_millis(50)),
+        AppState::new(Arc::<MemoryStore>::clone(&store), SECRET)
+            .with_request_timeout(Duration::from_millis(50)),
     );
     let (status, body) = get(&app, "/v1/images?tags=dog").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -722,8 +723,10 @@ async fn tags_list_most_used_first_or_by_prefix() {
 async fn cors_allows_only_configured_origins() {
     let store = fixture();
     let allowed = HeaderValue::from_static("https://photos.example.com");
-    let with_cors =
-        router(AppState::new(Arc::clone(&store), SECRET).with_cors_origins(vec![allowed.clone()]));
+    let with_cors = router(
+        AppState::new(Arc::<MemoryStore>::clone(&store), SECRET)
+            .with_cors_origins(vec![allowed.clone()]),
+    );
     let without = app(&store);
     let request = |origin: &str| {
         Request::builder()
@@ -912,7 +915,9 @@ async fn paginated_results_match_brute_force_on_random_data() {
     for round in 0..150 {
         let query = RandomQuery::generate(&mut rng);
         let budget = budgets[rng.random_range(0..budgets.len())];
-        let app = router(AppState::new(Arc::clone(&store), SECRET).with_examine_budget(budget));
+        let app = router(
+            AppState::new(Arc::<MemoryStore>::clone(&store), SECRET).with_examine_budget(budget),
+        );
         let uri = query.uri();
         let mut pages = Vec::new();
         let mut cursor: Option<String> = None;

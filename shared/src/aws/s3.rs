@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{classify, service_code, service_status};
 use crate::error::{PortError, PortResult};
-use crate::ports::{ObjectMeta, ObjectStore};
+use crate::ports::{ObjectMeta, ObjectRemover, ObjectStore};
 
 #[derive(Clone)]
 pub struct S3ObjectStore {
@@ -146,5 +146,21 @@ impl crate::ports::UploadSigner for S3ObjectStore {
                 .map(|(name, value)| (name.to_owned(), value.to_owned()))
                 .collect(),
         })
+    }
+}
+
+#[async_trait]
+impl ObjectRemover for S3ObjectStore {
+    async fn delete(&self, bucket: &str, key: &str) -> PortResult<()> {
+        // S3 answers 204 for a key that does not exist, so this is
+        // idempotent without a HEAD first.
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(classify)
     }
 }
