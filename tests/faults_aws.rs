@@ -1028,13 +1028,14 @@ async fn slow_jobs_stay_invisible_and_sigterm_finishes_or_releases_work() {
     let sqs = moto.sqs_client().await;
     let tag_queue = stack.output("TagQueueUrl").to_owned();
     // Large enough that decoding, thumbnailing and labelling it takes the
-    // (debug-built) tagger several visibility timeouts.
-    let slow = corpus::jpeg(4000, 3000, 1);
+    // (debug-built) tagger several visibility timeouts. A PNG, because JPEGs
+    // are decoded at reduced scale and would be done too soon.
+    let slow = corpus::png(4000, 3000, 1);
 
     // A job slower than the visibility timeout is received once: the
     // consumer keeps extending it, so nobody else starts it meanwhile.
-    put(&s3, &bucket, "slow a.jpg", slow.clone()).await;
-    let a = image_id(&bucket, "slow a.jpg");
+    put(&s3, &bucket, "slow a.png", slow.clone()).await;
+    let a = image_id(&bucket, "slow a.png");
     wait_status(&http, &pipeline, &a, "tagged").await;
     let lines = tagged_lines(&pipeline.process("tagger").log(), &a);
     assert_eq!(lines.len(), 1, "tagged once: {lines:?}");
@@ -1056,8 +1057,8 @@ async fn slow_jobs_stay_invisible_and_sigterm_finishes_or_releases_work() {
     // SIGTERM with a grace period longer than the job: it finishes first.
     pipeline.spawn_with("tagger", &[("IMAGETAG_SHUTDOWN_GRACE_SECONDS", "120")]);
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
-    put(&s3, &bucket, "slow b.jpg", slow.clone()).await;
-    let b = image_id(&bucket, "slow b.jpg");
+    put(&s3, &bucket, "slow b.png", slow.clone()).await;
+    let b = image_id(&bucket, "slow b.png");
     wait_in_flight(&http, &pipeline, "the tagger to start on slow b").await;
     let status = pipeline
         .process("tagger")
@@ -1073,8 +1074,8 @@ async fn slow_jobs_stay_invisible_and_sigterm_finishes_or_releases_work() {
     // once to the next tagger rather than after its timeout.
     pipeline.spawn_with("tagger", &[("IMAGETAG_SHUTDOWN_GRACE_SECONDS", "1")]);
     pipeline.wait_ready(&http, Duration::from_secs(60)).await;
-    put(&s3, &bucket, "slow c.jpg", slow).await;
-    let c = image_id(&bucket, "slow c.jpg");
+    put(&s3, &bucket, "slow c.png", slow).await;
+    let c = image_id(&bucket, "slow c.png");
     wait_in_flight(&http, &pipeline, "the tagger to start on slow c").await;
     let stopped = Instant::now();
     let status = pipeline
@@ -1095,7 +1096,7 @@ async fn slow_jobs_stay_invisible_and_sigterm_finishes_or_releases_work() {
     pipeline.spawn("tagger");
     wait_status(&http, &pipeline, &c, "tagged").await;
 
-    let keys: BTreeSet<String> = ["slow a.jpg", "slow b.jpg", "slow c.jpg"]
+    let keys: BTreeSet<String> = ["slow a.png", "slow b.png", "slow c.png"]
         .into_iter()
         .map(str::to_owned)
         .collect();

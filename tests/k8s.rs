@@ -1468,9 +1468,23 @@ fn every_container_is_locked_down() {
                 .collect();
             for (volume_name, volume) in &volumes {
                 assert!(
-                    volume["hostPath"].is_null() && volume["secret"].is_null(),
-                    "{context}: volume {volume_name} must not be hostPath or secret"
+                    volume["hostPath"].is_null(),
+                    "{context}: volume {volume_name} must not be hostPath"
                 );
+                // Secrets reach a pod as files (the API key hashes), never
+                // as writable mounts.
+                if !volume["secret"].is_null() {
+                    for container in containers(deployment) {
+                        for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+                            if mount["name"] == **volume_name {
+                                assert_eq!(
+                                    mount["readOnly"], true,
+                                    "{context}: secret volume {volume_name} must be mounted read-only"
+                                );
+                            }
+                        }
+                    }
+                }
             }
             assert!(
                 pod["terminationGracePeriodSeconds"].as_u64().is_some(),
