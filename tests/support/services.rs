@@ -157,33 +157,7 @@ impl Pipeline {
     }
 
     pub fn start(moto: &Moto, stack: &Stack) -> Pipeline {
-        let mut env = Self::environment(moto, stack);
-        let log_dir = binary_dir().join("e2e-logs").join(&stack.prefix);
-        std::fs::create_dir_all(&log_dir).expect("log directory");
-        let keys_file = log_dir.join("api-keys");
-        let _ = std::fs::remove_file(&keys_file);
-        let api_key = imagetag_query::auth::keys::create(
-            &keys_file,
-            "e2e",
-            imagetag_query::auth::Scope::Write,
-        )
-        .expect("an API key for the tests");
-        env.insert(
-            "IMAGETAG_API_KEYS_FILE".into(),
-            keys_file.display().to_string(),
-        );
-        let query_port = free_port();
-        let mut pipeline = Pipeline {
-            env,
-            processes: Vec::new(),
-            query_port,
-            log_dir,
-            api_key,
-        };
-        for service in SERVICES {
-            pipeline.spawn(service);
-        }
-        pipeline
+        Self::start_with(moto, stack, &[])
     }
 
     /// Starts (or restarts) one service.
@@ -232,11 +206,24 @@ impl Pipeline {
         );
         let log_dir = binary_dir().join("e2e-logs").join(&stack.prefix);
         std::fs::create_dir_all(&log_dir).expect("log directory");
+        let keys_file = log_dir.join("api-keys");
+        let _ = std::fs::remove_file(&keys_file);
+        let api_key = imagetag_query::auth::keys::create(
+            &keys_file,
+            "e2e",
+            imagetag_query::auth::Scope::Write,
+        )
+        .expect("an API key for the tests");
+        env.insert(
+            "IMAGETAG_API_KEYS_FILE".into(),
+            keys_file.display().to_string(),
+        );
         let mut pipeline = Pipeline {
             env,
             processes: Vec::new(),
             query_port: free_port(),
             log_dir,
+            api_key,
         };
         for service in SERVICES {
             pipeline.spawn(service);
