@@ -484,7 +484,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, Section, UpFootp
                 fmt_ms(p50_total),
                 fmt_ms(median_hop2)
             ),
-            "The microservices on moto (four binaries, SQS/S3/DynamoDB through moto's server) are not measured yet; see the notes at the end.".into(),
+            "The same measure for the four services on moto is in the next section.".into(),
         ],
     };
     Ok((
