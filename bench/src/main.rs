@@ -43,6 +43,9 @@ struct Cli {
     /// Where the assembled report is written.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
+    /// The maintained analysis appended to the report.
+    #[arg(long, default_value = "bench/NOTES.md")]
+    notes: PathBuf,
     /// Where each section's fragment is kept between runs.
     #[arg(long, default_value = "target/bench")]
     fragments: PathBuf,
@@ -170,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         let section = footprint::run(&cli.bin_dir, &model_dir, &cli.fragments)?;
         emit(&dir, &section, &machine)?;
     }
-    dir.assemble(&cli.out)?;
+    dir.assemble(&cli.out, &cli.notes)?;
     println!(
         "\nwrote {} ({:.0} s)",
         cli.out.display(),
