@@ -362,7 +362,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, Section, UpFootp
         tables: vec![backfill_table],
         notes: vec![if options.backfill < 10_000 {
             format!(
-                "The default run backfills {} photos to stay within the 15-minute budget; `scripts/bench backfill --backfill 10000` runs the full 10 000 (at the sustained rate above that takes about {:.0} minutes).",
+                "The default run backfills {} photos to stay within the 15-minute budget; `scripts/bench embedded --backfill 10000` runs the full 10 000 (at the sustained rate above that takes about {:.0} minutes).",
                 options.backfill,
                 10_000.0 / sustained / 60.0
             )

@@ -163,6 +163,7 @@ impl Machine {
 pub const SECTION_ORDER: &[&str] = &[
     "tagging",
     "latency",
+    "microservices",
     "backfill",
     "search",
     "load",
