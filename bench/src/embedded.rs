@@ -362,7 +362,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, Section, UpFootp
         tables: vec![backfill_table],
         notes: vec![if options.backfill < 10_000 {
             format!(
-                "The default run backfills {} photos to stay within the 15-minute budget; `scripts/bench backfill --backfill 10000` runs the full 10 000 (at the sustained rate above that takes about {:.0} minutes).",
+                "The default run backfills {} photos to stay within the 15-minute budget; `scripts/bench embedded --backfill 10000` runs the full 10 000 (at the sustained rate above that takes about {:.0} minutes).",
                 options.backfill,
                 10_000.0 / sustained / 60.0
             )
@@ -484,7 +484,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, Section, UpFootp
                 fmt_ms(p50_total),
                 fmt_ms(median_hop2)
             ),
-            "The microservices on moto (four binaries, SQS/S3/DynamoDB through moto's server) are not measured yet; see the notes at the end.".into(),
+            "The same measure for the four services on moto is in the next section.".into(),
         ],
     };
     Ok((

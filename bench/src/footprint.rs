@@ -98,14 +98,9 @@ pub fn run(bin_dir: &Path, model_dir: &Path, fragments: &Path) -> anyhow::Result
                 "`imagetag up`, after also tagging 3 MP and 12 MP JPEGs".to_string(),
                 fmt_mib(saved.peak_rss_end),
             ]);
-            let verdict = if saved.peak_rss_end < 500 * 1024 * 1024 {
-                "meets"
-            } else {
-                "misses"
-            };
             notes.push(format!(
-                "`imagetag up` runs the tagger plus ingest, indexer, query, the SQLite queues and index in one \
-                 process, so its peak ({}) bounds the tagger's own; this {verdict} the goal of a tagger under 500 MB.",
+                "`imagetag up` holds the tagger plus ingest, indexer, query, the SQLite queues and index in one \
+                 process; its peak with large photos was {}.",
                 fmt_mib(saved.peak_rss_end)
             ));
         }
@@ -119,6 +114,13 @@ pub fn run(bin_dir: &Path, model_dir: &Path, fragments: &Path) -> anyhow::Result
         .and_then(|b| serde_json::from_slice::<Vec<(String, u64)>>(&b).ok())
     {
         Some(services) => {
+            if let Some((_, tagger)) = services.iter().find(|(name, _)| name == "tagger") {
+                let verdict = if *tagger < 500 * 1024 * 1024 { "meets" } else { "misses" };
+                notes.push(format!(
+                    "The tagger service's peak on moto was {}; this {verdict} the goal of under 500 MB.",
+                    fmt_mib(*tagger)
+                ));
+            }
             for (name, bytes) in services {
                 let what = if name == "moto" {
                     "moto server (the AWS stand-in, Python)".to_string()

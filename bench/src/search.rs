@@ -481,22 +481,22 @@ pub async fn run(options: &Options, cores: usize) -> anyhow::Result<(Section, Se
         tables: vec![loading, latency],
         notes: vec![],
     };
-    let verdict = if one_tag_p99_at_largest < 10.0 {
-        "meets"
+    search.notes.push(if largest >= 1_000_000 {
+        let verdict = if one_tag_p99_at_largest < 10.0 { "meets" } else { "misses" };
+        format!(
+            "One-tag search p99 at {}: {} ms; this {verdict} the goal of under 10 ms at 1M images.",
+            fmt_count(largest),
+            fmt_ms(one_tag_p99_at_largest)
+        )
     } else {
-        "misses"
-    };
-    search.notes.push(format!(
-        "One-tag search p99 at {}: {} ms; this {verdict} the goal of under 10 ms at 1M images{}.",
-        fmt_count(largest),
-        fmt_ms(one_tag_p99_at_largest),
-        if largest < 1_000_000 {
-            " (1M was not loaded in this run; `--search-sizes 10k,100k,1M`)"
-        } else {
-            ""
-        }
-    ));
-
+        format!(
+            "One-tag search p99 at {}: {} ms. The goal (under 10 ms) is set at 1M images, which this run \
+             did not load: `scripts/bench search --search-sizes 10k,100k,1M` (loading runs at the rate above, \
+             so 1M takes tens of minutes on this machine).",
+            fmt_count(largest),
+            fmt_ms(one_tag_p99_at_largest)
+        )
+    });
     println!("search: load test with wrk");
     let threads = cores.clamp(1, 2);
     let mut load_table = Table::new(

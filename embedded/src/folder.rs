@@ -310,7 +310,10 @@ impl FolderSource {
         let mut watcher = notify::recommended_watcher(
             move |event: notify::Result<notify::Event>| match event {
                 Ok(event) => {
-                    let settled = settles(&event.kind);
+                    // Reads (ours included: hashing, tagging) change nothing.
+                    let Some(settled) = settles(&event.kind) else {
+                        return;
+                    };
                     for path in event.paths {
                         let _ = tx.send((path, settled));
                     }
@@ -392,18 +395,20 @@ fn note(
     paths.insert(path);
 }
 
-/// Whether an event leaves its file complete: closed after writing, renamed
-/// into (or out of) place, or removed. Anything else may be followed by
-/// more writes.
-fn settles(kind: &notify::EventKind) -> bool {
+/// Whether an event leaves its file complete (closed after writing, renamed
+/// into or out of place, removed: `Some(true)`) or may be followed by more
+/// writes (`Some(false)`); `None` for accesses that change nothing (opening,
+/// reading, closing after reading).
+fn settles(kind: &notify::EventKind) -> Option<bool> {
     use notify::EventKind;
     use notify::event::{AccessKind, AccessMode, ModifyKind};
-    matches!(
-        kind,
+    match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Modify(ModifyKind::Name(_))
-            | EventKind::Remove(_)
-    )
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Remove(_) => Some(true),
+        EventKind::Access(_) => None,
+        _ => Some(false),
+    }
 }
 
 fn sql(err: rusqlite::Error) -> PortError {
