@@ -31,6 +31,13 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 NSFW_MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 OBJECT_MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
 OBJECT_STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
+# vision/src/objects.rs: (stride, score output, box-distribution output).
+OBJECT_LEVELS = (
+    (8, "Identity:0", "Identity_3:0"),
+    (16, "Identity_1:0", "Identity_4:0"),
+    (32, "Identity_2:0", "Identity_5:0"),
+)
+OBJECT_MIN_SCORE = 0.3
 DET_LIMIT = 960
 REC_HEIGHT = 48
 REC_MIN_WIDTH = 320
@@ -179,11 +186,52 @@ class Pipeline:
         return lines
 
     def objects(self, image):
+        """NanoDet as vision/src/objects.rs runs it: letterbox into 416×416
+        BGR, softmax-expectation box decoding per level, per-class NMS."""
         s = self.sessions["objects"]
-        x = np.asarray(image.resize((416, 416), Image.BILINEAR), dtype=np.float32)[:, :, ::-1]
-        x = ((x - OBJECT_MEAN_BGR) / OBJECT_STD_BGR).transpose(2, 0, 1)[None]
-        outs = s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(x)})
-        return [int((1 / (1 + np.exp(-o)) > 0.5).sum()) for o in outs]
+        side = 416
+        scale = side / max(image.width, image.height)
+        w = min(side, max(1, round(image.width * scale)))
+        h = min(side, max(1, round(image.height * scale)))
+        pad_x, pad_y = (side - w) // 2, (side - h) // 2
+        canvas = np.zeros((side, side, 3), dtype=np.float32)
+        canvas[pad_y : pad_y + h, pad_x : pad_x + w] = np.asarray(
+            image.resize((w, h), Image.BILINEAR), dtype=np.float32
+        )[:, :, ::-1]
+        x = ((canvas - OBJECT_MEAN_BGR) / OBJECT_STD_BGR).transpose(2, 0, 1)[None]
+        outs = dict(
+            zip(
+                [o.name for o in s.get_outputs()],
+                s.run(None, {s.get_inputs()[0].name: np.ascontiguousarray(x)}),
+            )
+        )
+        candidates = []
+        for stride, score_name, dist_name in OBJECT_LEVELS:
+            grid = side // stride
+            scores = outs[score_name].reshape(grid * grid, 80)
+            cells = np.nonzero((scores >= OBJECT_MIN_SCORE).any(axis=1))[0]
+            if cells.size == 0:
+                continue
+            logits = outs[dist_name].reshape(grid * grid, 4, 11)[cells]
+            e = np.exp(logits - logits.max(axis=2, keepdims=True))
+            d = (e * np.arange(11)).sum(axis=2) / e.sum(axis=2) * stride
+            cx = (cells % grid + 0.5) * stride
+            cy = (cells // grid + 0.5) * stride
+            boxes = np.stack([cx - d[:, 0], cy - d[:, 1], cx + d[:, 2], cy + d[:, 3]], axis=1)
+            for i, cell in enumerate(cells):
+                for cls in np.nonzero(scores[cell] >= OBJECT_MIN_SCORE)[0]:
+                    candidates.append((float(scores[cell, cls]), int(cls), boxes[i].tolist()))
+        candidates.sort(key=lambda c: -c[0])
+        kept = []
+        for score, cls, box in candidates:
+            if any(
+                iou(k[2], box) > (0.5 if k[1] == cls else 0.8) for k in kept
+            ):
+                continue
+            kept.append((score, cls, box))
+            if len(kept) == 50:
+                break
+        return [(cls, round(score * 100, 1)) for score, cls, _ in kept]
 
 
 def line_boxes(prob, sx, sy):
