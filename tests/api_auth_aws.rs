@@ -5,59 +5,37 @@
 
 mod support;
 
-use std::io::Cursor;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use imagetag_shared::model::image_id;
 use serde_json::{Value, json};
+use support::api::{get_json, until};
+use support::corpus::png;
 use support::services::Pipeline;
 use support::{Moto, deploy, unique_prefix};
 
 const PATIENCE: Duration = Duration::from_secs(90);
-
-fn png(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(48, 32, |x, y| {
-        image::Rgb([
-            (x as u8).wrapping_mul(seed),
-            (y as u8).wrapping_add(seed),
-            seed,
-        ])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
 
 async fn eventually<F, Fut>(pipeline: &Pipeline, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            pipeline.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until(
+        what,
+        PATIENCE,
+        || pipeline.logs(),
+        || {
+            let done = check();
+            async move { done.await.then_some(()) }
+        },
+    )
+    .await
 }
 
 async fn status_of(http: &reqwest::Client, pipeline: &Pipeline, id: &str) -> (u16, Value) {
-    match http
-        .get(pipeline.api(&format!("/v1/images/{id}")))
-        .send()
-        .await
-    {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.json().await.unwrap_or(Value::Null))
-        }
-        Err(_) => (0, Value::Null),
-    }
+    get_json(http, &pipeline.api(&format!("/v1/images/{id}"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +58,7 @@ async fn deletes_and_redrives_go_through_the_aws_adapters() {
         .bucket(&bucket)
         .key(key)
         .content_type("image/png")
-        .body(ByteStream::from(png(9)))
+        .body(ByteStream::from(png(48, 32, 9)))
         .send()
         .await
         .expect("PUT");

@@ -11,14 +11,13 @@ mod support;
 use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::Moto;
-use support::services::{binary, free_port};
-
-const LABEL: &str = "mobile phone";
+use support::services::binary;
+use support::up::{LABEL, Up};
 
 fn write_png(path: &Path, seed: u32) {
     let img = image::RgbImage::from_fn(48 + seed % 17, 40, |x, y| {
@@ -31,69 +30,6 @@ fn write_png(path: &Path, seed: u32) {
         std::fs::create_dir_all(parent).expect("mkdir");
     }
     std::fs::write(path, out.into_inner()).expect("write image");
-}
-
-struct Up {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Up {
-    fn start(moto: &Moto, images: &Path, log: &Path) -> Up {
-        let port = free_port();
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
-        let child = Command::new(binary("imagetag"))
-            .args([
-                "up",
-                "--backend",
-                "rekognition",
-                "--max-receives",
-                "3",
-                "--listen",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--images")
-            .arg(images)
-            .env("AWS_ENDPOINT_URL", &moto.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("start imagetag up");
-        Up {
-            child,
-            port,
-            log: log.to_owned(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn kill_9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
@@ -184,7 +120,7 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
 
     // Killed with SIGKILL as soon as the first image is indexed: the scan
     // and the tagging are mid-way.
-    let mut up = Up::start(&moto, &images, &log);
+    let mut up = Up::start(&moto, &images, &log, &["--max-receives", "3"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if label_count(&http, &up).await.unwrap_or(0) > 0 {
@@ -195,7 +131,7 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
     }
     up.kill_9();
     let partial = {
-        let restarted = Up::start(&moto, &images, &log);
+        let restarted = Up::start(&moto, &images, &log, &["--max-receives", "3"]);
         settle(&http, &restarted, &expected, "after kill -9 and restart").await;
         restarted
     };
@@ -265,7 +201,7 @@ async fn the_index_follows_the_folder_through_changes_and_a_kill_9() {
     expected.remove("new.png");
     write_png(&images.join("while down.png"), 5);
     expected.insert("while down.png".into());
-    let up = Up::start(&moto, &images, &log);
+    let up = Up::start(&moto, &images, &log, &["--max-receives", "3"]);
     settle(&http, &up, &expected, "after changes while stopped").await;
     let thumbnail = http
         .get(up.url(&format!(

@@ -173,6 +173,68 @@ async fn assert_exactly_indexed(
     snapshot
 }
 
+/// A batch on its way in, and how many images were tagged before it.
+struct Progress {
+    uploads: tokio::task::JoinHandle<()>,
+    before: u64,
+}
+
+/// Uploads `batch` from a task of its own, so a fault lands while the batch
+/// is still arriving and being worked on, and returns once `victim`'s stage
+/// has made progress on it.
+async fn upload_and_wait_for_progress(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    http: &reqwest::Client,
+    pipeline: &Pipeline,
+    victim: &str,
+    batch: Vec<(String, Vec<u8>)>,
+) -> Progress {
+    let before = stats(http, pipeline).await.expect("stats");
+    let (recorded, tagged) = (
+        count(&before, "pending") + count(&before, "tagged"),
+        count(&before, "tagged"),
+    );
+    let uploads = tokio::spawn({
+        let s3 = s3.clone();
+        let bucket = bucket.to_owned();
+        async move {
+            for (key, body) in batch {
+                put(&s3, &bucket, &key, body).await;
+            }
+        }
+    });
+    until(
+        &format!("progress before stopping {victim}"),
+        PATIENCE,
+        || pipeline.logs(),
+        || async {
+            let now = stats(http, pipeline).await?;
+            let progressed = if victim == "ingest" {
+                count(&now, "pending") + count(&now, "tagged") > recorded
+            } else {
+                count(&now, "tagged") > tagged
+            };
+            progressed.then_some(())
+        },
+    )
+    .await;
+    Progress {
+        uploads,
+        before: tagged,
+    }
+}
+
+/// Starts `victim` again; the indexer comes back one commit at a time, as
+/// moto's non-isolated conditional writes need for exact counts.
+fn restart(pipeline: &mut Pipeline, victim: &str) {
+    if victim == "indexer" {
+        pipeline.serialize_index_commits();
+    } else {
+        pipeline.spawn(victim);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_or_sigterm_of_each_service_mid_batch_indexes_every_image_exactly_once() {
     let moto = Moto::start().await;
@@ -188,13 +250,6 @@ async fn kill_9_or_sigterm_of_each_service_mid_batch_indexes_every_image_exactly
 
     let mut keys = BTreeSet::new();
     for (round, victim) in SERVICES.into_iter().enumerate() {
-        let before = stats(&http, &pipeline).await.expect("stats");
-        let (recorded, tagged) = (
-            count(&before, "pending") + count(&before, "tagged"),
-            count(&before, "tagged"),
-        );
-        // Encoded first and uploaded from a task of their own, so the kill
-        // lands while the batch is still arriving and being worked on.
         let batch: Vec<(String, Vec<u8>)> = (0..40u32)
             .map(|i| {
                 (
@@ -204,58 +259,26 @@ async fn kill_9_or_sigterm_of_each_service_mid_batch_indexes_every_image_exactly
             })
             .collect();
         keys.extend(batch.iter().map(|(key, _)| key.clone()));
-        let uploads = tokio::spawn({
-            let s3 = s3.clone();
-            let bucket = bucket.clone();
-            async move {
-                for (key, body) in batch {
-                    put(&s3, &bucket, &key, body).await;
-                }
-            }
-        });
-        // Killed once its stage has made progress on the batch.
-        until(
-            &format!("progress before killing {victim}"),
-            PATIENCE,
-            || pipeline.logs(),
-            || async {
-                let now = stats(&http, &pipeline).await?;
-                let progressed = if victim == "ingest" {
-                    count(&now, "pending") + count(&now, "tagged") > recorded
-                } else {
-                    count(&now, "tagged") > tagged
-                };
-                progressed.then_some(now)
-            },
-        )
-        .await;
+        let progress =
+            upload_and_wait_for_progress(&s3, &bucket, &http, &pipeline, victim, batch).await;
         let done = stats(&http, &pipeline)
             .await
             .map(|s| count(&s, "tagged"))
             .unwrap_or_default();
         eprintln!(
             "killed {victim} with {} of 40 tagged",
-            done.saturating_sub(tagged)
+            done.saturating_sub(progress.before)
         );
         pipeline.process(victim).kill();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if victim == "indexer" {
-            pipeline.serialize_index_commits();
-        } else {
-            pipeline.spawn(victim);
-        }
-        uploads.await.expect("uploads");
+        restart(&mut pipeline, victim);
+        progress.uploads.await.expect("uploads");
         pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     }
 
     // SIGTERM mid-batch: the consumer finishes or releases what it holds,
     // so once it has exited nothing of its queue is left invisible.
     for (victim, queue) in [("ingest", "EventsQueueUrl"), ("indexer", "IndexQueueUrl")] {
-        let before = stats(&http, &pipeline).await.expect("stats");
-        let (recorded, tagged) = (
-            count(&before, "pending") + count(&before, "tagged"),
-            count(&before, "tagged"),
-        );
         let batch: Vec<(String, Vec<u8>)> = (0..20u32)
             .map(|i| {
                 (
@@ -265,30 +288,8 @@ async fn kill_9_or_sigterm_of_each_service_mid_batch_indexes_every_image_exactly
             })
             .collect();
         keys.extend(batch.iter().map(|(key, _)| key.clone()));
-        let uploads = tokio::spawn({
-            let s3 = s3.clone();
-            let bucket = bucket.clone();
-            async move {
-                for (key, body) in batch {
-                    put(&s3, &bucket, &key, body).await;
-                }
-            }
-        });
-        until(
-            &format!("progress before stopping {victim}"),
-            PATIENCE,
-            || pipeline.logs(),
-            || async {
-                let now = stats(&http, &pipeline).await?;
-                let progressed = if victim == "ingest" {
-                    count(&now, "pending") + count(&now, "tagged") > recorded
-                } else {
-                    count(&now, "tagged") > tagged
-                };
-                progressed.then_some(())
-            },
-        )
-        .await;
+        let progress =
+            upload_and_wait_for_progress(&s3, &bucket, &http, &pipeline, victim, batch).await;
         let status = pipeline
             .process(victim)
             .terminate(Duration::from_secs(60))
@@ -296,12 +297,8 @@ async fn kill_9_or_sigterm_of_each_service_mid_batch_indexes_every_image_exactly
         assert!(status.success(), "{victim} exited with {status:?}");
         let (_, hidden) = api::queue_depth(&sqs, stack.output(queue)).await;
         assert_eq!(hidden, 0, "{victim} left messages invisible after SIGTERM");
-        if victim == "indexer" {
-            pipeline.serialize_index_commits();
-        } else {
-            pipeline.spawn(victim);
-        }
-        uploads.await.expect("uploads");
+        restart(&mut pipeline, victim);
+        progress.uploads.await.expect("uploads");
         pipeline.wait_ready(&http, Duration::from_secs(60)).await;
     }
 

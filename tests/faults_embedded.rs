@@ -10,90 +10,16 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imagetag_shared::ports::Queue;
 use serde_json::Value;
 use support::Moto;
 use support::api::{self, get_json, until};
 use support::corpus;
-use support::services::{binary, free_port};
+use support::up::{LABEL, Up};
 
 const PATIENCE: Duration = Duration::from_secs(180);
-const LABEL: &str = "mobile phone";
-
-struct Up {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Up {
-    fn start(moto: &Moto, images: &Path, log: &Path) -> Up {
-        let port = free_port();
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
-        let child = Command::new(binary("imagetag"))
-            .args(["up", "--backend", "rekognition", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--images")
-            .arg(images)
-            .env("AWS_ENDPOINT_URL", &moto.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("start imagetag up");
-        Up {
-            child,
-            port,
-            log: log.to_owned(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "imagetag up ignored SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits until search, tag count and stats all say exactly `expected`.
 async fn settle(http: &reqwest::Client, up: &Up, expected: &BTreeSet<String>) {
@@ -160,7 +86,7 @@ async fn sigterm_mid_batch_stops_cleanly_and_a_restart_indexes_everything_once()
         expected.insert(key);
     }
 
-    let mut up = Up::start(&moto, &images, &log);
+    let mut up = Up::start(&moto, &images, &log, &[]);
     until(
         "the first image indexed",
         PATIENCE,
@@ -207,7 +133,7 @@ async fn sigterm_mid_batch_stops_cleanly_and_a_restart_indexes_everything_once()
         std::fs::write(images.join(&key), corpus::png(300 + i, 200, i as u8)).expect("write");
         expected.insert(key);
     }
-    let up = Up::start(&moto, &images, &log);
+    let up = Up::start(&moto, &images, &log, &[]);
     settle(&http, &up, &expected).await;
     assert!(!up.log().contains("panicked"), "{}", up.log());
 }

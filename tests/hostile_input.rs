@@ -9,8 +9,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -19,7 +17,8 @@ use serde_json::Value;
 use support::api::{self, get_json, until};
 use support::corpus::{self, Case, Expect, Stage};
 use support::index::consistent_snapshot;
-use support::services::{Pipeline, binary, free_port, peak_rss_kib};
+use support::services::{Pipeline, peak_rss_kib};
+use support::up::Up;
 use support::{Moto, deploy, unique_prefix};
 
 const PATIENCE: Duration = Duration::from_secs(180);
@@ -255,55 +254,6 @@ async fn hostile_uploads_end_in_defined_states_on_the_aws_wiring() {
     .await;
 }
 
-struct Up {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Up {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_up(moto: &Moto, images: &Path, data: &Path, log: &Path) -> Up {
-    let port = free_port();
-    let out = std::fs::File::create(log).expect("log file");
-    let child = Command::new(binary("imagetag"))
-        .args(["up", "--backend", "rekognition", "--max-receives", "2"])
-        .arg("--max-object-bytes")
-        .arg(corpus::SIZE_LIMIT.to_string())
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--images")
-        .arg(images)
-        .arg("--data")
-        .arg(data)
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start imagetag up");
-    Up {
-        child,
-        port,
-        log: log.to_owned(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_files_end_in_defined_states_in_imagetag_up() {
     // moto only answers the Rekognition calls (one deterministic label).
@@ -321,8 +271,18 @@ async fn hostile_files_end_in_defined_states_in_imagetag_up() {
             .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
-    let mut up = start_up(&moto, &images, &data, &root.path().join("up.log"));
-    let base = format!("http://127.0.0.1:{}", up.port);
+    let size_limit = corpus::SIZE_LIMIT.to_string();
+    let data_dir = data.to_str().expect("utf-8 temp path");
+    let flags = [
+        "--max-receives",
+        "2",
+        "--max-object-bytes",
+        &size_limit,
+        "--data",
+        data_dir,
+    ];
+    let mut up = Up::start(&moto, &images, &root.path().join("up.log"), &flags);
+    let base = up.url("");
     let http = api::http();
     let logs = || up.log();
     check_cases(&http, &base, "local", &cases, logs).await;
@@ -363,13 +323,10 @@ async fn hostile_files_end_in_defined_states_in_imagetag_up() {
 
     let log = up.log();
     assert!(!log.contains("panicked"), "a panic:\n{log}");
-    let peak = peak_rss_kib(up.child.id()).expect("imagetag up is running");
+    let peak = peak_rss_kib(up.pid()).expect("imagetag up is running");
     eprintln!("imagetag up peak RSS: {} MiB", peak / 1024);
     assert!(peak < MEMORY_BOUND_KIB, "imagetag up peaked at {peak} KiB");
     let (status, _) = get_json(&http, &format!("{base}/readyz")).await;
     assert_eq!(status, 200, "not ready after the corpus");
-    assert!(
-        matches!(up.child.try_wait(), Ok(None)),
-        "imagetag up exited"
-    );
+    assert!(up.is_running(), "imagetag up exited");
 }

@@ -5,70 +5,25 @@
 
 mod support;
 
-use std::io::Cursor;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use imagetag_shared::model::image_id;
 use serde_json::Value;
+use support::api::{get_json, until, urlencode};
+use support::corpus::{jpeg, png};
 use support::services::Pipeline;
 use support::{Moto, deploy, unique_prefix};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([
-            (x as u8).wrapping_mul(seed),
-            (y as u8).wrapping_add(seed),
-            seed,
-        ])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
-
-fn jpeg(width: u32, height: u32, seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([seed, (x as u8) ^ (y as u8), (y as u8).wrapping_mul(3)])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Jpeg)
-        .expect("encode jpeg");
-    out.into_inner()
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
-    match http.get(url).send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let body = response.json::<Value>().await.unwrap_or(Value::Null);
-            (status, body)
-        }
-        Err(_) => (0, Value::Null),
-    }
-}
-
 /// Polls `check` until it returns `Some`, failing with the services' logs.
-async fn eventually<T, F, Fut>(pipeline: &Pipeline, what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(pipeline: &Pipeline, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            pipeline.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    until(what, PATIENCE, || pipeline.logs(), check).await
 }
 
 async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>, content_type: &str) {
@@ -521,16 +476,4 @@ async fn receive_bodies(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -64,8 +64,9 @@ struct Cli {
     /// Directory of the release binaries (`imagetag`, the services).
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-    /// Timed passes per throughput measurement (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// Timed passes per throughput measurement (the median is reported;
+    /// five keep one or two passes disturbed by a neighbour out of it).
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Collection sizes for the search section; 1M loads for tens of
     /// minutes on 2 cores, so it is opt-in (`10k,100k,1M`).

@@ -14,6 +14,7 @@ pub mod moto;
 pub mod proxy;
 pub mod services;
 pub mod stack;
+pub mod up;
 
 pub use moto::{
     ACCOUNT_ID, Moto, REGION, ensure_pinned_venv, ensure_venv, venv_bin, workspace_root,

@@ -18,6 +18,7 @@ pub mod preprocess;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use async_trait::async_trait;
@@ -218,7 +219,27 @@ impl LocalBackend {
     /// are not on an async runtime, such as a command-line batch). Waits for
     /// a free worker; do not call it from async code.
     pub fn tag_blocking(&self, rgb: &image::RgbImage) -> Result<TagOutput> {
+        Ok(self.inner.tag(rgb)?.0)
+    }
+
+    /// [`tag_blocking`](Self::tag_blocking), with the time each model took.
+    pub fn tag_blocking_timed(&self, rgb: &image::RgbImage) -> Result<(TagOutput, ModelTimes)> {
         self.inner.tag(rgb)
+    }
+}
+
+/// How long each model took on one image, in the order they ran; each
+/// includes its own resize, inference and decoding of the outputs.
+#[derive(Debug, Clone, Default)]
+pub struct ModelTimes(pub Vec<(&'static str, Duration)>);
+
+impl ModelTimes {
+    /// Records `model` as having run since `since`; returns now, where the
+    /// next model starts.
+    fn lap(&mut self, model: &'static str, since: Instant) -> Instant {
+        let now = Instant::now();
+        self.0.push((model, now - since));
+        now
     }
 }
 
@@ -247,7 +268,7 @@ impl TaggingBackend for LocalBackend {
         // requests hold no extra memory.
         let rgb = image.rgb.clone();
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let (output, times) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             inner.tag(&rgb)
         })
@@ -256,12 +277,16 @@ impl TaggingBackend for LocalBackend {
         // error is permanent, so the message dead-letters after the bounded
         // retries instead of being retried as an outage.
         .map_err(|e| PortError::invalid(format!("vision worker failed: {e}")))?
-        .map_err(|e| PortError::invalid(format!("{e:#}")))
+        .map_err(|e| PortError::invalid(format!("{e:#}")))?;
+        for (model, elapsed) in times.0 {
+            imagetag_shared::metrics::observe_stage(&format!("model_{model}"), elapsed);
+        }
+        Ok(output)
     }
 }
 
 impl Inner {
-    fn tag(&self, rgb: &image::RgbImage) -> Result<TagOutput> {
+    fn tag(&self, rgb: &image::RgbImage) -> Result<(TagOutput, ModelTimes)> {
         let mut lease = Lease {
             inner: self,
             worker: Some(self.take_worker()?),
@@ -303,26 +328,33 @@ impl Drop for Lease<'_> {
 impl Worker {
     /// Every loaded model on one image, one after the other (the pool runs
     /// images in parallel).
-    fn run(&mut self, shared: &Inner, rgb: &image::RgbImage) -> Result<TagOutput> {
+    fn run(&mut self, shared: &Inner, rgb: &image::RgbImage) -> Result<(TagOutput, ModelTimes)> {
+        let mut times = ModelTimes::default();
+        let started = Instant::now();
         let probs = self.classify(rgb)?;
         let mut out = TagOutput {
             labels: shared.hierarchy.labels(&probs)?,
             ..TagOutput::default()
         };
+        let mut lap = times.lap("classifier", started);
         if self.objects.is_some() {
             let found = self.detect_objects(rgb, &shared.object_classes)?;
             objects::merge(&mut out.labels, found, &shared.hierarchy);
+            lap = times.lap("objects", lap);
         }
         if self.faces.is_some() {
             out.faces = self.faces(rgb, &shared.face_anchors)?;
+            lap = times.lap("faces", lap);
         }
         if self.moderation.is_some() {
             out.moderation = moderation::labels(self.nsfw(rgb)?);
+            lap = times.lap("moderation", lap);
         }
         if self.ocr.is_some() {
             out.text = self.read_text(rgb, &shared.ocr_keys)?;
+            times.lap("text", lap);
         }
-        Ok(out)
+        Ok((out, times))
     }
 
     /// Class probabilities (softmax of the logits).

@@ -354,6 +354,33 @@ async fn openapi_json(Extension(document): Extension<OpenApiJson>) -> Response {
         .into_response()
 }
 
+/// The refusals every read route may answer before its handler runs
+/// (`auth` and `ratelimit` layers). Documentation only: the layers answer
+/// through `ApiError`.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+enum ReadRefusals {
+    #[response(
+        status = 401,
+        description = "Reads need a credential here (IMAGETAG_AUTH_READS)"
+    )]
+    Unauthorized(ErrorBody),
+    #[response(status = 429, description = "Over the rate limit; see Retry-After")]
+    RateLimited(ErrorBody),
+}
+
+/// The refusals every write route may answer before its handler runs.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+enum WriteRefusals {
+    #[response(status = 401, description = "No valid credential")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The credential may not write")]
+    Forbidden(ErrorBody),
+    #[response(status = 429, description = "Over the rate limit; see Retry-After")]
+    RateLimited(ErrorBody),
+}
+
 /// The document, serialized once when the router is built.
 #[derive(Clone)]
 struct OpenApiJson(Arc<str>);
@@ -364,8 +391,7 @@ struct OpenApiJson(Arc<str>);
     responses(
         (status = 200, description = "One page of results", body = SearchPage),
         (status = 400, description = "A parameter or the cursor is invalid", body = ErrorBody),
-        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "The index is unavailable or the request took too long", body = ErrorBody)
     ))]
 async fn search_images(
@@ -391,8 +417,7 @@ async fn search_images(
         (status = 200, description = "The record", body = ImageRecord),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No such image (or it was deleted)", body = ErrorBody),
-        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "The index is unavailable", body = ErrorBody)
     ))]
 async fn get_image(
@@ -436,8 +461,7 @@ struct TagList {
     responses(
         (status = 200, description = "The tags", body = TagList),
         (status = 400, description = "A parameter is invalid", body = ErrorBody),
-        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "The index is unavailable", body = ErrorBody)
     ))]
 async fn list_tags(
@@ -474,8 +498,7 @@ fn media(state: &AppState) -> Result<Arc<Media>, ApiError> {
 #[utoipa::path(get, path = "/v1/stats", tag = "search",
     responses(
         (status = 200, description = "The totals", body = Stats),
-        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "The index is unavailable", body = ErrorBody)
     ))]
 async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
@@ -491,8 +514,7 @@ async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
                 ("image/bmp"), ("image/tiff"), ("application/octet-stream"))),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No such image, or no content served here", body = ErrorBody),
-        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
     ))]
 async fn get_content(
@@ -510,8 +532,7 @@ async fn get_content(
         (status = 200, description = "The thumbnail", content(("image/jpeg"))),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 404, description = "No thumbnail (yet)", body = ErrorBody),
-        (status = 401, description = "Reads need a credential here (IMAGETAG_AUTH_READS)", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        ReadRefusals,
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
     ))]
 async fn get_thumbnail(
@@ -530,9 +551,7 @@ async fn get_thumbnail(
     responses(
         (status = 201, description = "Where to send the bytes", body = UploadTicket),
         (status = 400, description = "Not an image type, too large, or a malformed body", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "The credential may not write", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        WriteRefusals,
         (status = 404, description = "This deployment takes no uploads", body = ErrorBody),
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
     ))]
@@ -555,9 +574,7 @@ async fn start_upload(
     responses(
         (status = 204, description = "Stored; the image is on its way to being tagged"),
         (status = 400, description = "Invalid or expired token, or not what was announced", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "The credential may not write", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
+        WriteRefusals,
         (status = 404, description = "This deployment takes no uploads", body = ErrorBody),
         (status = 413, description = "Larger than the upload limit", body = ErrorBody),
         (status = 503, description = "Storage is unavailable", body = ErrorBody)
@@ -582,10 +599,8 @@ async fn finish_upload(
     responses(
         (status = 202, description = "The object is deleted; the index follows", body = Accepted),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "The credential may not write", body = ErrorBody),
+        WriteRefusals,
         (status = 404, description = "No such image, or deleting is not enabled here", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "Storage or the index is unavailable", body = ErrorBody)
     ))]
 async fn delete_image(
@@ -604,11 +619,9 @@ async fn delete_image(
     responses(
         (status = 202, description = "A tag job is queued", body = Accepted),
         (status = 400, description = "Malformed id", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "The credential may not write", body = ErrorBody),
+        WriteRefusals,
         (status = 404, description = "No such image, or re-tagging is not enabled here", body = ErrorBody),
         (status = 409, description = "The image is rejected or failed: upload it again", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "The queue or the index is unavailable", body = ErrorBody)
     ))]
 async fn retag_image(
@@ -627,10 +640,8 @@ async fn retag_image(
     responses(
         (status = 200, description = "Messages moved, by queue", body = RedriveReport),
         (status = 400, description = "Unknown queue or bad limit", body = ErrorBody),
-        (status = 401, description = "No valid credential", body = ErrorBody),
-        (status = 403, description = "The credential may not write", body = ErrorBody),
+        WriteRefusals,
         (status = 404, description = "No dead-letter queues configured here", body = ErrorBody),
-        (status = 429, description = "Over the rate limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "A queue is unavailable", body = ErrorBody)
     ))]
 async fn redrive(

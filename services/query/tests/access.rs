@@ -259,41 +259,38 @@ async fn writes_need_a_key_with_write_rights() {
     let keys = keys();
     let app = app(policy(&keys), "203.0.113.7:5000");
     let remote = "/v1/uploads";
-    let (status, body, headers) = send(
-        &app.router,
-        Method::POST,
-        remote,
-        None,
-        Some(upload_request()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(code(&body), "unauthorized");
-    assert!(
-        headers
-            .get(header::WWW_AUTHENTICATE)
-            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer"))
-    );
-    let (status, body, _) = send(
-        &app.router,
-        Method::POST,
-        remote,
-        Some("itk_not-a-key"),
-        Some(upload_request()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(code(&body), "invalid_credentials");
-    let (status, body, _) = send(
-        &app.router,
-        Method::POST,
-        remote,
-        Some(&keys.reader),
-        Some(upload_request()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(code(&body), "forbidden");
+    let refusals = [
+        (None, StatusCode::UNAUTHORIZED, "unauthorized"),
+        (
+            Some("itk_not-a-key"),
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        ),
+        (
+            Some(keys.reader.as_str()),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+    ];
+    for (bearer, expected_status, expected_code) in refusals {
+        let (status, body, headers) = send(
+            &app.router,
+            Method::POST,
+            remote,
+            bearer,
+            Some(upload_request()),
+        )
+        .await;
+        assert_eq!(status, expected_status, "{bearer:?}: {body}");
+        assert_eq!(code(&body), expected_code, "{bearer:?}");
+        if bearer.is_none() {
+            assert!(
+                headers
+                    .get(header::WWW_AUTHENTICATE)
+                    .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer"))
+            );
+        }
+    }
     assert!(app.recorder.objects.lock().expect("lock").is_empty());
 
     // The right key: the whole one-process upload goes through, and the
