@@ -193,10 +193,12 @@ pub struct Upload {
 
 /// Uploads `path` through the API at `base` (`POST /v1/uploads`, then the
 /// PUT it returns: to the API itself in embedded mode, a presigned S3 URL on
-/// AWS) and polls until the image is tagged.
+/// AWS) and polls until the image is tagged. `api_key` goes to the API
+/// only, never to a presigned URL.
 pub async fn upload_one(
     client: &reqwest::Client,
     base: &str,
+    api_key: Option<&str>,
     path: &Path,
 ) -> anyhow::Result<Upload> {
     let bytes = std::fs::read(path)?;
@@ -204,8 +206,11 @@ pub async fn upload_one(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("photo.jpg");
-    let ticket: Value = client
-        .post(format!("{base}/v1/uploads"))
+    let with_key = |request: reqwest::RequestBuilder| match api_key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    let ticket: Value = with_key(client.post(format!("{base}/v1/uploads")))
         .json(&serde_json::json!({"filename": name, "content_type": "image/jpeg", "size": bytes.len()}))
         .send()
         .await?
@@ -219,12 +224,12 @@ pub async fn upload_one(
     let url = ticket["upload"]["url"]
         .as_str()
         .context("upload ticket without url")?;
-    let url = if url.starts_with('/') {
-        format!("{base}{url}")
+    let mut put = if url.starts_with('/') {
+        with_key(client.put(format!("{base}{url}")))
     } else {
-        url.to_owned()
-    };
-    let mut put = client.put(url).body(bytes);
+        client.put(url)
+    }
+    .body(bytes);
     if let Some(headers) = ticket["upload"]["headers"].as_object() {
         for (name, value) in headers {
             if let Some(value) = value.as_str() {
@@ -378,7 +383,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, Section, UpFootp
     let before = processing(&metrics_text(&up).await?);
     let mut uploads = Vec::new();
     for photo in &photos[options.backfill..] {
-        uploads.push(upload_one(&up.client, &up.base, photo).await?);
+        uploads.push(upload_one(&up.client, &up.base, None, photo).await?);
     }
     let after = processing(&metrics_text(&up).await?);
 

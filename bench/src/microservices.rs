@@ -168,6 +168,19 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, ServiceMemory)> 
     .collect();
     let query_port = free_port()?;
     env.insert("IMAGETAG_LISTEN".into(), format!("127.0.0.1:{query_port}"));
+    // Uploads need a credential on the query service; the bench is a client
+    // with a write key of its own.
+    let keys_file = logs.join("api-keys");
+    let _ = std::fs::remove_file(&keys_file);
+    let api_key = imagetag_query::auth::keys::create(
+        &keys_file,
+        "bench",
+        imagetag_query::auth::Scope::Write,
+    )?;
+    env.insert(
+        "IMAGETAG_API_KEYS_FILE".into(),
+        keys_file.to_string_lossy().into_owned(),
+    );
 
     println!("microservices: starting the four services");
     for service in SERVICES {
@@ -197,7 +210,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, ServiceMemory)> 
         options.uploads + 1,
     )?;
     // A first upload warms every path (connections, the tagger's sessions).
-    upload_one(&client, &base, &set[options.uploads]).await?;
+    upload_one(&client, &base, Some(&api_key), &set[options.uploads]).await?;
 
     println!(
         "microservices: {} uploads, each timed until searchable",
@@ -221,7 +234,7 @@ pub async fn run(options: &Options) -> anyhow::Result<(Section, ServiceMemory)> 
     }
     let mut uploads: Vec<Upload> = Vec::new();
     for photo in &set[..options.uploads] {
-        uploads.push(upload_one(&client, &base, photo).await?);
+        uploads.push(upload_one(&client, &base, Some(&api_key), photo).await?);
     }
     let mut hops = Table::new(
         "Processing per service during the uploads (mean per message, from each service's `imagetag_message_processing_seconds`)",
