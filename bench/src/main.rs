@@ -88,7 +88,7 @@ struct Cli {
     #[arg(long, value_parser = parse_count, default_value = "200")]
     uploads: usize,
     /// Uploads timed until searchable (microservices on moto).
-    #[arg(long, value_parser = parse_count, default_value = "100")]
+    #[arg(long, value_parser = parse_count, default_value = "200")]
     moto_uploads: usize,
     /// The venv holding moto's server and boto3.
     #[arg(long, default_value = ".cache/bench-moto-venv")]
